@@ -1,0 +1,236 @@
+//! The configuration file as the user writes it: GOST's object model in TOML.
+//!
+//! This layer only parses. Every cross-reference, address and namespace is checked when the
+//! configuration is compiled into routes (`crate::route`).
+
+mod address;
+
+pub use address::{Address, AddressError};
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Default relay for every service that does not set `metadata.relay`.
+    pub relay: Option<String>,
+    /// The services: each listens on one address and hands its connections to a handler.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    /// Named chains of proxy hops that services reach their targets through.
+    #[serde(default)]
+    pub chains: Vec<ChainConfig>,
+}
+
+/// One `[[services]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Unique service name, used in logs and errors.
+    pub name: String,
+    /// Listen address: `host:port`, `[v6]:port` or `:port` (all IPv4 interfaces).
+    pub addr: String,
+    /// What is done with each accepted connection.
+    pub handler: HandlerConfig,
+    /// How connections are accepted (`tcp`).
+    #[serde(default)]
+    pub listener: ListenerConfig,
+    /// The targets of a forwarding handler.
+    pub forwarder: Option<ForwarderConfig>,
+    /// Namespaces and tuning.
+    #[serde(default)]
+    pub metadata: ServiceMetadata,
+}
+
+/// `handler = { type, chain }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// Handler type: `tcp` (port forwarding) or `http` (HTTP CONNECT proxy).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Name of the chain that outbound connections go through.
+    pub chain: Option<String>,
+    /// Credentials a client of a proxy handler must present.
+    pub auth: Option<AuthConfig>,
+}
+
+/// `listener = { type }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Listener type: `tcp`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            kind: "tcp".to_owned(),
+        }
+    }
+}
+
+/// `forwarder = { nodes }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwarderConfig {
+    /// The targets, tried in turn.
+    #[serde(default)]
+    pub nodes: Vec<TargetConfig>,
+}
+
+/// One `[[services.forwarder.nodes]]` entry: a target of a forwarding service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Node name, used in logs.
+    pub name: String,
+    /// Target address, `host:port`.
+    pub addr: String,
+}
+
+/// A service's `metadata` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceMetadata {
+    /// Namespace the listener is created in.
+    pub netns: Option<String>,
+    /// Namespace outbound connections are made from.
+    #[serde(rename = "netns.out")]
+    pub netns_out: Option<String>,
+    /// Relay implementation for this service's connections.
+    pub relay: Option<String>,
+    /// Timeout for one outbound connect, e.g. `"5s"` or `"500ms"`.
+    #[serde(rename = "dialTimeout")]
+    pub dial_timeout: Option<String>,
+    /// Timeout for a proxy handshake, e.g. `"10s"`.
+    #[serde(rename = "handshakeTimeout")]
+    pub handshake_timeout: Option<String>,
+}
+
+/// One `[[chains]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// Unique chain name, referenced by `handler.chain`.
+    pub name: String,
+    /// The hops in the order they are traversed.
+    #[serde(default)]
+    pub hops: Vec<HopConfig>,
+}
+
+/// One `[[chains.hops]]` entry: one proxy level.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HopConfig {
+    /// Hop name, unique within its chain.
+    pub name: String,
+    /// Hop metadata, inherited by its nodes.
+    #[serde(default)]
+    pub metadata: HopMetadata,
+    /// The proxies that can serve this hop.
+    #[serde(default)]
+    pub nodes: Vec<HopNodeConfig>,
+}
+
+/// A hop's or hop node's `metadata` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HopMetadata {
+    /// Namespace the connection to the hop's node is made from.
+    pub netns: Option<String>,
+}
+
+/// One `[[chains.hops.nodes]]` entry: a proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HopNodeConfig {
+    /// Node name, used in logs.
+    pub name: String,
+    /// The proxy's address, `host:port`.
+    pub addr: String,
+    /// The protocol spoken to the proxy.
+    #[serde(default)]
+    pub connector: ConnectorConfig,
+    /// The transport to the proxy.
+    #[serde(default)]
+    pub dialer: DialerConfig,
+    /// Overrides the hop's metadata for this node.
+    pub metadata: Option<HopMetadata>,
+}
+
+/// `connector = { type, auth }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Connector type: `http`.
+    #[serde(rename = "type", default = "default_connector")]
+    pub kind: String,
+    /// Credentials presented to the proxy.
+    pub auth: Option<AuthConfig>,
+}
+
+fn default_connector() -> String {
+    "http".to_owned()
+}
+
+impl Default for ConnectorConfig {
+    fn default() -> Self {
+        ConnectorConfig {
+            kind: default_connector(),
+            auth: None,
+        }
+    }
+}
+
+/// `dialer = { type }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialerConfig {
+    /// Dialer type: `tcp`.
+    #[serde(rename = "type", default = "default_dialer")]
+    pub kind: String,
+}
+
+fn default_dialer() -> String {
+    "tcp".to_owned()
+}
+
+impl Default for DialerConfig {
+    fn default() -> Self {
+        DialerConfig {
+            kind: default_dialer(),
+        }
+    }
+}
+
+/// `auth = { username, password }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// User name.
+    pub username: String,
+    /// Password.
+    #[serde(default)]
+    pub password: String,
+}
+
+impl Config {
+    /// Parses a configuration from TOML text; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
+        toml::from_str(text).with_context(|| format!("{origin} is not a valid configuration"))
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+}

@@ -1,0 +1,41 @@
+//! HTTP CONNECT, client side.
+
+use monoio::net::TcpStream;
+
+use super::HandshakeError;
+use crate::http::{MAX_HEADERS, read_head};
+use crate::stream::write_all;
+
+/// Sends `CONNECT authority` and reads the answer; any status but 2xx is a refusal.
+pub(super) async fn connect(
+    stream: &TcpStream,
+    authority: &str,
+    authorization: Option<&str>,
+    mut pending: Vec<u8>,
+) -> Result<Vec<u8>, HandshakeError> {
+    let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    if let Some(authorization) = authorization {
+        request.push_str("Proxy-Authorization: ");
+        request.push_str(authorization);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    write_all(stream, request.as_bytes()).await?;
+
+    let mut status = None;
+    let length = read_head(stream, &mut pending, |bytes| {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        let parsed = response.parse(bytes)?;
+        status = response
+            .code
+            .map(|code| (code, response.reason.unwrap_or("").to_owned()));
+        Ok(parsed)
+    })
+    .await?;
+    match status {
+        Some((code, _)) if (200..300).contains(&code) => Ok(pending.split_off(length)),
+        Some((code, reason)) => Err(HandshakeError::Refused(format!("{code} {reason}"))),
+        None => Err(HandshakeError::Refused("no status".to_owned())),
+    }
+}

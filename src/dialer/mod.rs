@@ -1,0 +1,143 @@
+//! Dialers: outbound TCP connections, from the process's own namespace or from sockets the
+//! namespace helper pre-opened in another one.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+use socket2::SockAddr;
+
+use crate::netns::{NamespaceHelper, NamespaceId, NamespaceRef, SocketRequestError};
+use crate::stream::{borrow, socket_ref};
+
+/// A pool asks the helper for more sockets when it holds fewer than this.
+const POOL_LOW_WATER: usize = 16;
+/// Sockets the helper creates per request.
+const POOL_BATCH: usize = 32;
+
+/// One core's pools of unconnected sockets, one pool per namespace and address family.
+///
+/// Refills are asked for before a pool runs dry and collected without waiting, so a dial
+/// waits for the helper only when connections arrive faster than the pool refills.
+pub struct OutboundPools {
+    helper: NamespaceHelper,
+    pools: RefCell<HashMap<(NamespaceId, bool), Pool>>,
+}
+
+type Refill = flume::Receiver<Result<Vec<OwnedFd>, SocketRequestError>>;
+
+#[derive(Default)]
+struct Pool {
+    ready: Vec<OwnedFd>,
+    refill: Option<Refill>,
+}
+
+impl OutboundPools {
+    /// Empty pools served by `helper`.
+    pub fn new(helper: NamespaceHelper) -> OutboundPools {
+        OutboundPools {
+            helper,
+            pools: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Fills the pool of `netns` ahead of the first dial; waits for the helper. Used at
+    /// start, so that a namespace that cannot be entered is reported before serving.
+    pub fn prefill(&self, netns: NamespaceId, ipv6: bool) -> Result<(), SocketRequestError> {
+        let fds = self
+            .helper
+            .request_sockets(netns, ipv6, POOL_BATCH)
+            .recv()
+            .map_err(|_| SocketRequestError::Stopped)??;
+        self.pools
+            .borrow_mut()
+            .entry((netns, ipv6))
+            .or_default()
+            .ready
+            .extend(fds);
+        Ok(())
+    }
+
+    /// An unconnected socket created in `netns`.
+    async fn take(&self, netns: NamespaceId, ipv6: bool) -> Result<OwnedFd, SocketRequestError> {
+        let own_request = {
+            let mut pools = self.pools.borrow_mut();
+            let pool = pools.entry((netns, ipv6)).or_default();
+            if let Some(refill) = &pool.refill {
+                match refill.try_recv() {
+                    Ok(Ok(fds)) => {
+                        pool.ready.extend(fds);
+                        pool.refill = None;
+                    }
+                    Ok(Err(error)) => {
+                        pool.refill = None;
+                        return Err(error);
+                    }
+                    Err(flume::TryRecvError::Empty) => {}
+                    Err(flume::TryRecvError::Disconnected) => pool.refill = None,
+                }
+            }
+            if pool.ready.len() < POOL_LOW_WATER && pool.refill.is_none() {
+                pool.refill = Some(self.helper.request_sockets(netns, ipv6, POOL_BATCH));
+            }
+            if let Some(fd) = pool.ready.pop() {
+                return Ok(fd);
+            }
+            // Dry: this dial asks for its own batch rather than sharing the refill's answer,
+            // which only `take` may collect.
+            self.helper.request_sockets(netns, ipv6, POOL_BATCH)
+        };
+        let mut fds = own_request
+            .recv_async()
+            .await
+            .map_err(|_| SocketRequestError::Stopped)??;
+        let fd = fds.pop().ok_or(SocketRequestError::Stopped)?;
+        self.pools
+            .borrow_mut()
+            .entry((netns, ipv6))
+            .or_default()
+            .ready
+            .extend(fds);
+        Ok(fd)
+    }
+}
+
+/// Connects to `addr` from `netns` (`None`: the process's own namespace) within `timeout`.
+pub async fn connect(
+    pools: &OutboundPools,
+    netns: Option<&NamespaceRef>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let fd = match netns {
+        None => crate::netns::outbound_socket(addr.is_ipv6())?,
+        Some(netns) => pools
+            .take(netns.id, addr.is_ipv6())
+            .await
+            .map_err(io::Error::other)?,
+    };
+    let socket = socket2::Socket::from(fd);
+    match socket.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(error) => return Err(error),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    match monoio::time::timeout(timeout, stream.writable(false)).await {
+        Ok(ready) => ready?,
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            ));
+        }
+    }
+    if let Some(error) = socket_ref(&borrow(&stream)).take_error()? {
+        return Err(error);
+    }
+    Ok(stream)
+}

@@ -1,0 +1,91 @@
+//! The accept loop of one service on one executor.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::net::{TcpListener, TcpStream};
+
+use super::Core;
+use crate::route::Service;
+
+/// Connections accepted per readiness event before other tasks get a turn.
+const ACCEPT_BATCH: usize = 64;
+
+/// How long to back off when the process is out of descriptors or memory.
+const EXHAUSTED_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts connections for `service` for as long as the executor runs; a failed accept is
+/// logged and retried, never the end of the service.
+pub(super) async fn serve(core: Rc<Core>, service: Rc<Service>, listener: TcpListener) {
+    loop {
+        if let Err(error) = listener.readable(false).await {
+            tracing::error!(service = %service.name, executor = core.index, %error, "listener failed");
+            monoio::time::sleep(EXHAUSTED_BACKOFF).await;
+            continue;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            match accept(&listener) {
+                Ok((stream, peer)) => {
+                    tracing::debug!(
+                        service = %service.name, executor = core.index, %peer,
+                        "connection accepted"
+                    );
+                    monoio::spawn(crate::handler::serve(
+                        core.clone(),
+                        service.clone(),
+                        stream,
+                        peer,
+                    ));
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if transient(&error) => continue,
+                Err(error) => {
+                    tracing::warn!(
+                        service = %service.name, executor = core.index, %error,
+                        "accept failed; backing off"
+                    );
+                    monoio::time::sleep(EXHAUSTED_BACKOFF).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Errors that concern only the connection being accepted.
+fn transient(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EPERM)
+    )
+}
+
+/// One non-blocking accept4(2): the new socket is non-blocking and close-on-exec from the
+/// start, and inherits TCP_NODELAY from the listener.
+fn accept(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    // SAFETY: accept4 writes at most `len` bytes of address into the storage try_init gives.
+    let (fd, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let fd = libc::accept4(
+                listener.as_raw_fd(),
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if fd < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(fd)
+            }
+        })?
+    };
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let peer = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::other("accepted a connection with a non-IP peer address"))?;
+    Ok((TcpStream::from_std(std_stream)?, peer))
+}

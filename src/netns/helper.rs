@@ -1,0 +1,279 @@
+//! The setns helper thread: the only thread that changes network namespace.
+//!
+//! It enters a namespace, creates sockets there and returns to the process's own namespace.
+//! A socket keeps the namespace it was created in for its whole life, so executors can bind,
+//! connect and relay on it from their own namespace.
+
+use std::fs::File;
+use std::io;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{AsFd, OwnedFd};
+use std::thread::JoinHandle;
+
+use nix::sched::{CloneFlags, setns};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::{NamespaceId, NamespaceTable};
+
+/// Connections a listener queues before accepting; the kernel caps it at somaxconn.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Why the helper could not provide sockets.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketRequestError {
+    /// Entering the namespace failed.
+    #[error("cannot enter network namespace {netns}: {source}")]
+    Enter {
+        /// The namespace, as configured.
+        netns: String,
+        /// What setns said.
+        source: io::Error,
+    },
+    /// Creating, binding or listening failed.
+    #[error("cannot {action} {addr}{location}: {source}")]
+    Socket {
+        /// What was being done.
+        action: &'static str,
+        /// The address.
+        addr: String,
+        /// ` in network namespace X`, or empty.
+        location: String,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// The helper thread is gone.
+    #[error("the namespace helper thread has stopped")]
+    Stopped,
+}
+
+enum Job {
+    Listeners {
+        netns: Option<NamespaceId>,
+        addr: SocketAddr,
+        count: usize,
+        reply: flume::Sender<Result<Vec<TcpListener>, SocketRequestError>>,
+    },
+    Sockets {
+        netns: NamespaceId,
+        ipv6: bool,
+        count: usize,
+        reply: flume::Sender<Result<Vec<OwnedFd>, SocketRequestError>>,
+    },
+    Resolve {
+        netns: Option<NamespaceId>,
+        authority: String,
+        reply: flume::Sender<io::Result<SocketAddr>>,
+    },
+}
+
+/// A handle to the helper thread; cheap to clone, one per executor.
+#[derive(Clone)]
+pub struct NamespaceHelper {
+    jobs: flume::Sender<Job>,
+}
+
+impl NamespaceHelper {
+    /// Starts the helper thread, which owns the opened namespaces from now on.
+    pub fn start(table: NamespaceTable) -> io::Result<(NamespaceHelper, JoinHandle<()>)> {
+        let home = File::open("/proc/thread-self/ns/net")?;
+        let (jobs, queue) = flume::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("ug-netns".to_owned())
+            .spawn(move || serve(&table, &home, queue))?;
+        Ok((NamespaceHelper { jobs }, thread))
+    }
+
+    /// Creates `count` SO_REUSEPORT listeners on `addr` in `netns` (or in the process's own
+    /// namespace), one per executor. Blocks until they exist; used at start.
+    pub fn listeners(
+        &self,
+        netns: Option<NamespaceId>,
+        addr: SocketAddr,
+        count: usize,
+    ) -> Result<Vec<TcpListener>, SocketRequestError> {
+        let (reply, answer) = flume::bounded(1);
+        self.jobs
+            .send(Job::Listeners {
+                netns,
+                addr,
+                count,
+                reply,
+            })
+            .map_err(|_| SocketRequestError::Stopped)?;
+        answer.recv().map_err(|_| SocketRequestError::Stopped)?
+    }
+
+    /// Asks for `count` unconnected non-blocking TCP sockets created in `netns`. Returns at
+    /// once; the answer arrives on the returned channel.
+    pub fn request_sockets(
+        &self,
+        netns: NamespaceId,
+        ipv6: bool,
+        count: usize,
+    ) -> flume::Receiver<Result<Vec<OwnedFd>, SocketRequestError>> {
+        let (reply, answer) = flume::bounded(1);
+        if let Err(flume::SendError(Job::Sockets { reply, .. })) = self.jobs.send(Job::Sockets {
+            netns,
+            ipv6,
+            count,
+            reply,
+        }) {
+            // The helper is gone: answer on its behalf so the caller does not wait forever.
+            let _ = reply.send(Err(SocketRequestError::Stopped));
+        }
+        answer
+    }
+
+    /// Resolves `host:port` from inside `netns`, so the query leaves from the namespace the
+    /// connection will. Returns at once; the answer arrives on the returned channel.
+    ///
+    /// Resolution blocks the helper while it runs, so a slow resolver delays socket refills
+    /// too; a resolver thread of its own (or an async resolver) would remove that coupling.
+    pub fn resolve(
+        &self,
+        netns: Option<NamespaceId>,
+        authority: String,
+    ) -> flume::Receiver<io::Result<SocketAddr>> {
+        let (reply, answer) = flume::bounded(1);
+        if let Err(flume::SendError(Job::Resolve { reply, .. })) = self.jobs.send(Job::Resolve {
+            netns,
+            authority,
+            reply,
+        }) {
+            let _ = reply.send(Err(io::Error::other(SocketRequestError::Stopped)));
+        }
+        answer
+    }
+}
+
+fn serve(table: &NamespaceTable, home: &File, queue: flume::Receiver<Job>) {
+    for job in queue.iter() {
+        match job {
+            Job::Listeners {
+                netns,
+                addr,
+                count,
+                reply,
+            } => {
+                let result = within(table, home, netns, || {
+                    (0..count)
+                        .map(|_| bind_listener(addr))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .and_then(|created| {
+                    created.map_err(|(action, source)| SocketRequestError::Socket {
+                        action,
+                        addr: addr.to_string(),
+                        location: location(table, netns),
+                        source,
+                    })
+                });
+                // The requester may have given up; nothing is owed to it then.
+                let _ = reply.send(result);
+            }
+            Job::Sockets {
+                netns,
+                ipv6,
+                count,
+                reply,
+            } => {
+                let result = within(table, home, Some(netns), || {
+                    (0..count)
+                        .map(|_| outbound_socket(ipv6))
+                        .collect::<io::Result<Vec<_>>>()
+                })
+                .and_then(|created| {
+                    created.map_err(|source| SocketRequestError::Socket {
+                        action: "create an outbound socket for",
+                        addr: if ipv6 { "IPv6" } else { "IPv4" }.to_owned(),
+                        location: location(table, Some(netns)),
+                        source,
+                    })
+                });
+                let _ = reply.send(result);
+            }
+            Job::Resolve {
+                netns,
+                authority,
+                reply,
+            } => {
+                let result = within(table, home, netns, || {
+                    authority.to_socket_addrs()?.next().ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, "the name has no addresses")
+                    })
+                })
+                .map_err(io::Error::other)
+                .and_then(|resolved| resolved);
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+fn location(table: &NamespaceTable, netns: Option<NamespaceId>) -> String {
+    netns
+        .map(|id| format!(" in network namespace {}", table.name(id)))
+        .unwrap_or_default()
+}
+
+/// Runs `work` inside `netns` and returns to `home`.
+fn within<T>(
+    table: &NamespaceTable,
+    home: &File,
+    netns: Option<NamespaceId>,
+    work: impl FnOnce() -> T,
+) -> Result<T, SocketRequestError> {
+    let Some(id) = netns else {
+        return Ok(work());
+    };
+    setns(table.file(id).as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| {
+        SocketRequestError::Enter {
+            netns: table.name(id).to_owned(),
+            source: errno.into(),
+        }
+    })?;
+    let result = work();
+    if let Err(errno) = setns(home.as_fd(), CloneFlags::CLONE_NEWNET) {
+        // Every later socket would land in the wrong namespace; there is no safe way on.
+        tracing::error!(%errno, "cannot return the namespace helper to its own namespace");
+        std::process::abort();
+    }
+    Ok(result)
+}
+
+fn bind_listener(addr: SocketAddr) -> Result<TcpListener, (&'static str, io::Error)> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|error| ("create a listener for", error))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|error| ("set SO_REUSEADDR on", error))?;
+    socket
+        .set_reuse_port(true)
+        .map_err(|error| ("set SO_REUSEPORT on", error))?;
+    if addr.is_ipv6() {
+        socket
+            .set_only_v6(true)
+            .map_err(|error| ("set IPV6_V6ONLY on", error))?;
+    }
+    // Accepted sockets inherit it, which saves a setsockopt per connection.
+    socket
+        .set_tcp_nodelay(true)
+        .map_err(|error| ("set TCP_NODELAY on", error))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|error| ("make non-blocking", error))?;
+    socket.bind(&addr.into()).map_err(|error| ("bind", error))?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|error| ("listen on", error))?;
+    Ok(socket.into())
+}
+
+/// An unconnected non-blocking socket for an outbound connection. TCP_NODELAY is set here, off the hot
+/// path, because a relay forwards whatever arrives without waiting to fill segments.
+pub fn outbound_socket(ipv6: bool) -> io::Result<OwnedFd> {
+    let domain = if ipv6 { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    socket.set_tcp_nodelay(true)?;
+    Ok(socket.into())
+}

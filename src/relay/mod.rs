@@ -1,0 +1,101 @@
+//! The relay: moves bytes both ways between a client and its upstream until both are done.
+//!
+//! Each direction ends at its source's end of stream, which is passed on as a shutdown of
+//! the destination's write half; the other direction keeps flowing for as long as its peers
+//! keep it open. An error in either direction ends both.
+
+mod buffered;
+mod splice;
+
+use std::fmt;
+use std::io;
+use std::pin::pin;
+use std::str::FromStr;
+
+use monoio::net::TcpStream;
+
+/// How a relay moves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RelayMode {
+    /// splice(2) through a pipe taken from a per-core pool only while data is in flight:
+    /// the bytes never enter user space.
+    #[default]
+    Splice,
+    /// recv(2)/send(2) through a buffer taken from a per-core pool only while data is in
+    /// flight.
+    Buffered,
+}
+
+impl FromStr for RelayMode {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "splice" => Ok(RelayMode::Splice),
+            "buffered" => Ok(RelayMode::Buffered),
+            other => Err(format!(
+                "\"{other}\" is not a relay; valid: splice, buffered"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for RelayMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RelayMode::Splice => "splice",
+            RelayMode::Buffered => "buffered",
+        })
+    }
+}
+
+/// Bytes moved by a finished relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfer {
+    /// From the client to the upstream.
+    pub sent: u64,
+    /// From the upstream to the client.
+    pub received: u64,
+}
+
+/// Which direction failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading the client or writing the upstream.
+    #[error("client to upstream: {0}")]
+    Upstream(io::Error),
+    /// Reading the upstream or writing the client.
+    #[error("upstream to client: {0}")]
+    Downstream(io::Error),
+}
+
+/// Relays until both directions have ended, or one has failed.
+pub async fn relay(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    mode: RelayMode,
+) -> Result<Transfer, RelayError> {
+    let up = pin!(copy(client, upstream, mode));
+    let down = pin!(copy(upstream, client, mode));
+    let mut up = up;
+    let mut down = down;
+    monoio::select! {
+        sent = &mut up => {
+            let sent = sent.map_err(RelayError::Upstream)?;
+            let received = down.await.map_err(RelayError::Downstream)?;
+            Ok(Transfer { sent, received })
+        }
+        received = &mut down => {
+            let received = received.map_err(RelayError::Downstream)?;
+            let sent = up.await.map_err(RelayError::Upstream)?;
+            Ok(Transfer { sent, received })
+        }
+    }
+}
+
+async fn copy(source: &TcpStream, destination: &TcpStream, mode: RelayMode) -> io::Result<u64> {
+    match mode {
+        RelayMode::Splice => splice::copy(source, destination).await,
+        RelayMode::Buffered => buffered::copy(source, destination).await,
+    }
+}

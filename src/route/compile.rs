@@ -1,0 +1,525 @@
+//! Configuration to routes: every check that can fail happens here, before serving.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+
+use super::{
+    Chain, Connector, Dialer, Egress, Handler, Hop, HopNode, Routes, Service, Target, Targets,
+    Timeouts,
+};
+use crate::config::{Address, AuthConfig, ChainConfig, Config, ServiceConfig};
+use crate::netns::{NamespaceRef, NamespaceTable};
+use crate::relay::RelayMode;
+
+const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every problem found in a configuration, each naming where it is and what would be valid.
+#[derive(Debug)]
+pub struct CompileError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.problems.as_slice() {
+            [one] => write!(f, "invalid configuration: {one}"),
+            many => {
+                write!(f, "invalid configuration ({} problems):", many.len())?;
+                for problem in many {
+                    write!(f, "\n  - {problem}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// Compiles a configuration, opening the namespaces it names into `namespaces`.
+pub fn compile(config: &Config, namespaces: &mut NamespaceTable) -> Result<Routes, CompileError> {
+    let mut compiler = Compiler {
+        namespaces,
+        problems: Vec::new(),
+    };
+    let routes = compiler.routes(config);
+    if compiler.problems.is_empty() {
+        Ok(routes)
+    } else {
+        Err(CompileError {
+            problems: compiler.problems,
+        })
+    }
+}
+
+struct Compiler<'a> {
+    namespaces: &'a mut NamespaceTable,
+    problems: Vec<String>,
+}
+
+impl Compiler<'_> {
+    fn problem(&mut self, place: &str, key: &str, message: impl fmt::Display) {
+        self.problems.push(format!("{place}: {key}: {message}"));
+    }
+
+    fn routes(&mut self, config: &Config) -> Routes {
+        if config.services.is_empty() {
+            self.problems.push(
+                "no services: add at least one [[services]] table with name, addr and handler"
+                    .to_owned(),
+            );
+        }
+        self.unique_names("services", config.services.iter().map(|s| s.name.as_str()));
+        self.unique_names("chains", config.chains.iter().map(|c| c.name.as_str()));
+        let default_relay = match &config.relay {
+            None => RelayMode::default(),
+            Some(value) => self.relay_mode("top level", "relay", value),
+        };
+        let services = config
+            .services
+            .iter()
+            .filter_map(|service| self.service(service, config, default_relay))
+            .collect();
+        Routes { services }
+    }
+
+    fn unique_names<'n>(&mut self, table: &str, names: impl Iterator<Item = &'n str>) {
+        let mut seen = HashSet::new();
+        for name in names {
+            if name.is_empty() {
+                self.problems
+                    .push(format!("[[{table}]]: name: must not be empty"));
+            } else if !seen.insert(name) {
+                self.problems.push(format!(
+                    "[[{table}]] \"{name}\": name: \"{name}\" is used twice; names must be unique"
+                ));
+            }
+        }
+    }
+
+    fn relay_mode(&mut self, place: &str, key: &str, value: &str) -> RelayMode {
+        value.parse().unwrap_or_else(|message: String| {
+            self.problem(place, key, message);
+            RelayMode::default()
+        })
+    }
+
+    fn namespace(&mut self, place: &str, key: &str, value: Option<&str>) -> Option<NamespaceRef> {
+        let value = value?;
+        match self.namespaces.open(value) {
+            Ok(netns) => Some(netns),
+            Err(error) => {
+                self.problem(
+                    place,
+                    key,
+                    format!("network namespace \"{value}\": {error}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        place: &str,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        match value.map(parse_duration) {
+            None => default,
+            Some(Ok(duration)) => duration,
+            Some(Err(message)) => {
+                self.problem(place, key, message);
+                default
+            }
+        }
+    }
+
+    fn service(
+        &mut self,
+        config: &ServiceConfig,
+        whole: &Config,
+        default_relay: RelayMode,
+    ) -> Option<Service> {
+        let place = format!("service \"{}\"", config.name);
+        let problems_before = self.problems.len();
+
+        let listen = match Address::parse(&config.addr).and_then(|address| address.resolve()) {
+            Ok(addr) => Some(addr),
+            Err(error) => {
+                self.problem(&place, "addr", error);
+                None
+            }
+        };
+        if config.listener.kind != "tcp" {
+            self.problem(
+                &place,
+                "listener.type",
+                format!(
+                    "\"{}\" is not a listener type; valid: tcp",
+                    config.listener.kind
+                ),
+            );
+        }
+        let metadata = &config.metadata;
+        let netns = self.namespace(&place, "metadata.netns", metadata.netns.as_deref());
+        let netns_out = self.namespace(&place, "metadata.netns.out", metadata.netns_out.as_deref());
+        let relay = match &metadata.relay {
+            None => default_relay,
+            Some(value) => self.relay_mode(&place, "metadata.relay", value),
+        };
+        let timeouts = Timeouts {
+            dial: self.duration(
+                &place,
+                "metadata.dialTimeout",
+                metadata.dial_timeout.as_deref(),
+                DEFAULT_DIAL_TIMEOUT,
+            ),
+            handshake: self.duration(
+                &place,
+                "metadata.handshakeTimeout",
+                metadata.handshake_timeout.as_deref(),
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            ),
+        };
+
+        let egress = match &config.handler.chain {
+            None => Some(Egress::Direct {
+                netns: netns_out.clone(),
+            }),
+            Some(name) => match whole.chains.iter().find(|chain| &chain.name == name) {
+                Some(chain) => self.chain(chain, netns_out.as_ref()).map(Egress::Chain),
+                None => {
+                    let known: Vec<String> = whole
+                        .chains
+                        .iter()
+                        .map(|c| format!("\"{}\"", c.name))
+                        .collect();
+                    let known = if known.is_empty() {
+                        "no [[chains]] are defined".to_owned()
+                    } else {
+                        format!("defined chains: {}", known.join(", "))
+                    };
+                    self.problem(
+                        &place,
+                        "handler.chain",
+                        format!("no chain is named \"{name}\"; {known}"),
+                    );
+                    None
+                }
+            },
+        };
+
+        let handler = match config.handler.kind.as_str() {
+            "tcp" => {
+                let targets = self.targets(&place, config, egress.as_ref());
+                if config.handler.auth.is_some() {
+                    self.problem(
+                        &place,
+                        "handler.auth",
+                        "only proxy handlers (http) take auth",
+                    );
+                }
+                egress.map(|egress| Handler::Forward { targets, egress })
+            }
+            "http" => {
+                if config
+                    .forwarder
+                    .as_ref()
+                    .is_some_and(|f| !f.nodes.is_empty())
+                {
+                    self.problem(
+                        &place,
+                        "forwarder",
+                        "an http proxy connects where each client asks; forwarder nodes are \
+                         only for handler type tcp",
+                    );
+                }
+                let authorization = config.handler.auth.as_ref().map(basic_authorization);
+                egress.map(|egress| Handler::HttpProxy {
+                    egress,
+                    authorization,
+                })
+            }
+            other => {
+                self.problem(
+                    &place,
+                    "handler.type",
+                    format!("\"{other}\" is not a handler type; valid: tcp, http"),
+                );
+                None
+            }
+        };
+
+        if self.problems.len() != problems_before {
+            return None;
+        }
+        Some(Service {
+            name: config.name.clone(),
+            listen: listen?,
+            netns,
+            handler: handler?,
+            relay,
+            timeouts,
+        })
+    }
+
+    fn targets(&mut self, place: &str, config: &ServiceConfig, egress: Option<&Egress>) -> Targets {
+        let nodes = config
+            .forwarder
+            .as_ref()
+            .map(|f| f.nodes.as_slice())
+            .unwrap_or_default();
+        if nodes.is_empty() {
+            self.problem(
+                place,
+                "forwarder.nodes",
+                "handler tcp needs at least one target: add [[services.forwarder.nodes]] with \
+                 name and addr",
+            );
+        }
+        let through_chain = matches!(egress, Some(Egress::Chain(_)));
+        let mut targets = Vec::new();
+        for (index, node) in nodes.iter().enumerate() {
+            let key = format!("forwarder.nodes[{index}] \"{}\".addr", node.name);
+            let address = match Address::parse(&node.addr) {
+                Ok(address) => address,
+                Err(error) => {
+                    self.problem(place, &key, error);
+                    continue;
+                }
+            };
+            if address
+                .literal()
+                .is_some_and(|addr| addr.ip().is_unspecified())
+            {
+                self.problem(
+                    place,
+                    &key,
+                    "a target needs a host, e.g. \"127.0.0.1:8000\"",
+                );
+                continue;
+            }
+            // Through a chain the last proxy resolves the name, so it need not resolve here.
+            let socket_addr = match (address.resolve(), through_chain) {
+                (Ok(addr), _) => addr,
+                (Err(_), true) => SocketAddr::from(([0, 0, 0, 0], address.port())),
+                (Err(error), false) => {
+                    self.problem(place, &key, error);
+                    continue;
+                }
+            };
+            targets.push(Target {
+                name: node.name.clone(),
+                address,
+                socket_addr,
+            });
+        }
+        Targets {
+            nodes: targets,
+            next: Cell::new(0),
+        }
+    }
+
+    fn chain(&mut self, config: &ChainConfig, netns_out: Option<&NamespaceRef>) -> Option<Chain> {
+        let place = format!("chain \"{}\"", config.name);
+        let problems_before = self.problems.len();
+        if config.hops.is_empty() {
+            self.problem(&place, "hops", "a chain needs at least one [[chains.hops]]");
+        }
+        self.unique_names(
+            &format!("chains.hops of chain \"{}\"", config.name),
+            config.hops.iter().map(|hop| hop.name.as_str()),
+        );
+        let mut hops = Vec::new();
+        for (index, hop) in config.hops.iter().enumerate() {
+            let place = format!("chain \"{}\" hop \"{}\"", config.name, hop.name);
+            if hop.nodes.is_empty() {
+                self.problem(
+                    &place,
+                    "nodes",
+                    "a hop needs at least one [[chains.hops.nodes]]",
+                );
+            }
+            // A hop without a namespace of its own is dialed from the service's netns.out.
+            let hop_netns = self.namespace(&place, "metadata.netns", hop.metadata.netns.as_deref());
+            let mut nodes = Vec::new();
+            for node in &hop.nodes {
+                let node_place = format!("{place} node \"{}\"", node.name);
+                let netns = match &node.metadata {
+                    Some(metadata) if metadata.netns.is_some() => {
+                        self.namespace(&node_place, "metadata.netns", metadata.netns.as_deref())
+                    }
+                    _ => hop_netns.clone().or_else(|| netns_out.cloned()),
+                };
+                let address = match Address::parse(&node.addr) {
+                    Ok(address) => address,
+                    Err(error) => {
+                        self.problem(&node_place, "addr", error);
+                        continue;
+                    }
+                };
+                let socket_addr = match (address.resolve(), index) {
+                    (Ok(addr), _) => addr,
+                    (Err(_), 1..) => SocketAddr::from(([0, 0, 0, 0], address.port())),
+                    (Err(error), 0) => {
+                        self.problem(&node_place, "addr", error);
+                        continue;
+                    }
+                };
+                let connector = match node.connector.kind.as_str() {
+                    "http" => Connector::Http {
+                        authorization: node.connector.auth.as_ref().map(basic_authorization),
+                    },
+                    other => {
+                        self.problem(
+                            &node_place,
+                            "connector.type",
+                            format!("\"{other}\" is not a connector type; valid: http"),
+                        );
+                        continue;
+                    }
+                };
+                let dialer = match node.dialer.kind.as_str() {
+                    "tcp" => Dialer::Tcp,
+                    other => {
+                        self.problem(
+                            &node_place,
+                            "dialer.type",
+                            format!("\"{other}\" is not a dialer type; valid: tcp"),
+                        );
+                        continue;
+                    }
+                };
+                nodes.push(HopNode {
+                    name: node.name.clone(),
+                    address,
+                    socket_addr,
+                    netns,
+                    connector,
+                    dialer,
+                });
+            }
+            hops.push(Hop {
+                name: hop.name.clone(),
+                nodes,
+                next: Cell::new(0),
+            });
+        }
+        (self.problems.len() == problems_before).then(|| Chain {
+            name: config.name.clone(),
+            hops,
+        })
+    }
+}
+
+/// The `Basic` authorization value for a user and password.
+fn basic_authorization(auth: &AuthConfig) -> String {
+    let pair = format!("{}:{}", auth.username, auth.password);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// Parses a duration written as GOST writes them: `500ms`, `10s`, `2m`, `1h`, or a plain
+/// number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let invalid =
+        || format!("\"{text}\" is not a duration; write e.g. \"500ms\", \"10s\" or \"2m\"");
+    let number: f64 = number.parse().map_err(|_| invalid())?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(invalid()),
+    };
+    if !(seconds > 0.0 && seconds < 1e9) {
+        return Err(invalid());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        let config = Config::parse(text, "test").unwrap();
+        match compile(&config, &mut NamespaceTable::default()) {
+            Ok(_) => Vec::new(),
+            Err(error) => error.problems,
+        }
+    }
+
+    const FORWARD: &str = r#"
+        [[services]]
+        name = "fwd"
+        addr = "127.0.0.1:9000"
+        handler = { type = "tcp" }
+        [[services.forwarder.nodes]]
+        name = "t"
+        addr = "127.0.0.1:9001"
+    "#;
+
+    #[test]
+    fn a_plain_forward_compiles() {
+        assert!(problems(FORWARD).is_empty());
+    }
+
+    #[test]
+    fn an_unknown_chain_names_the_service_key_and_the_defined_chains() {
+        let text = FORWARD.replace("type = \"tcp\" }", "type = \"tcp\", chain = \"nope\" }");
+        assert_eq!(
+            problems(&text),
+            [
+                "service \"fwd\": handler.chain: no chain is named \"nope\"; no [[chains]] are defined"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_namespace_names_the_key_and_how_to_create_it() {
+        let text = FORWARD.replace(
+            "handler = { type = \"tcp\" }",
+            "handler = { type = \"tcp\" }\nmetadata = { netns = \"ug-no-such-ns\" }",
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "service \"fwd\": metadata.netns: network namespace \"ug-no-such-ns\": cannot \
+                 open /run/netns/ug-no-such-ns: No such file or directory"
+            ),
+            "{}",
+            found[0]
+        );
+        assert!(
+            found[0].contains("ip netns add ug-no-such-ns"),
+            "{}",
+            found[0]
+        );
+    }
+
+    #[test]
+    fn durations_take_gost_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+}

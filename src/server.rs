@@ -1,0 +1,110 @@
+//! Start and run: compile the routes, start the namespace helper, create every listener,
+//! start the executors, and wait for a signal to stop.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::config::Config;
+use crate::executor::{self, ExecutorPlan};
+use crate::netns::{NamespaceHelper, NamespaceTable};
+use crate::route::{self, Routes};
+
+/// Loads and compiles a configuration file, opening the namespaces it names.
+pub fn load(path: &Path) -> anyhow::Result<(Routes, NamespaceTable)> {
+    let config = Config::load(path)?;
+    let mut namespaces = NamespaceTable::default();
+    let routes = route::compile(&config, &mut namespaces)?;
+    Ok((routes, namespaces))
+}
+
+/// Serves `routes` on `threads` executors until SIGINT or SIGTERM.
+pub fn run(routes: Routes, namespaces: NamespaceTable, threads: usize) -> anyhow::Result<()> {
+    // Blocked here, before any thread starts, so every thread inherits the mask and the
+    // signals wait for `sigwait` below instead of interrupting an executor.
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(signal);
+    }
+    signals.thread_block().context("cannot block signals")?;
+
+    let driver = if monoio::utils::detect_uring() {
+        "io_uring"
+    } else {
+        tracing::warn!(
+            "io_uring is unavailable (kernel.io_uring_disabled, seccomp or an old kernel); \
+             serving on the epoll fallback"
+        );
+        "epoll"
+    };
+
+    let (helper, _helper_thread) =
+        NamespaceHelper::start(namespaces).context("cannot start the namespace helper thread")?;
+    let mut per_executor: Vec<Vec<std::net::TcpListener>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    let mut problems = Vec::new();
+    for service in &routes.services {
+        let netns = service.netns.as_ref().map(|netns| netns.id);
+        match helper.listeners(netns, service.listen, threads) {
+            Ok(listeners) => {
+                for (executor, listener) in per_executor.iter_mut().zip(listeners) {
+                    executor.push(listener);
+                }
+            }
+            Err(error) => problems.push(format!("service \"{}\": addr: {error}", service.name)),
+        }
+    }
+    if !problems.is_empty() {
+        bail!("cannot start: {}", problems.join("; "));
+    }
+
+    let cpus = executor::allowed_cpus();
+    let (ready, started) = std::sync::mpsc::channel();
+    for (index, listeners) in per_executor.into_iter().enumerate() {
+        let plan = ExecutorPlan {
+            index,
+            cpu: (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
+            routes: routes.clone(),
+            listeners,
+            helper: helper.clone(),
+        };
+        executor::spawn(plan, ready.clone()).context("cannot start an executor thread")?;
+    }
+    drop(ready);
+    for _ in 0..threads {
+        started
+            .recv()
+            .context("an executor stopped while starting")??;
+    }
+
+    for service in &routes.services {
+        tracing::info!(
+            service = %service.name,
+            addr = %service.listen,
+            netns = service.netns.as_ref().map_or("-", |netns| &netns.name),
+            handler = service.handler.kind(),
+            relay = %service.relay,
+            executors = threads,
+            "service listening"
+        );
+    }
+    tracing::info!(
+        services = routes.services.len(),
+        executors = threads,
+        driver,
+        "uringgost is serving"
+    );
+
+    loop {
+        match signals.wait().context("waiting for signals")? {
+            Signal::SIGHUP => tracing::warn!(
+                "SIGHUP received: reloading is not supported yet; restart to apply a new configuration"
+            ),
+            signal => {
+                tracing::info!(%signal, "stopping");
+                return Ok(());
+            }
+        }
+    }
+}
