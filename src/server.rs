@@ -29,6 +29,8 @@ pub fn run(routes: Routes, namespaces: NamespaceTable, threads: usize) -> anyhow
     }
     signals.thread_block().context("cannot block signals")?;
 
+    raise_descriptor_limit();
+
     let driver = if monoio::utils::detect_uring() {
         "io_uring"
     } else {
@@ -106,5 +108,19 @@ pub fn run(routes: Routes, namespaces: NamespaceTable, threads: usize) -> anyhow
                 return Ok(());
             }
         }
+    }
+}
+
+/// A gateway holds two descriptors per direct connection and more through namespaces and
+/// chains: the soft limit (often 1024) is raised to the hard limit the process is allowed.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open file limit"),
+            Err(error) => tracing::warn!(%error, soft, "cannot raise the open file limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open file limit"),
+        Err(error) => tracing::warn!(%error, "cannot read the open file limit"),
     }
 }
