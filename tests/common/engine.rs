@@ -1,0 +1,93 @@
+//! The engine under test as a child process running inside a test namespace.
+
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use super::netns::Netns;
+use super::process::{ChildProcess, Stream};
+use super::{STEP_TIMEOUT, TempDir};
+
+/// Path of the binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_uringgost");
+
+/// The line the engine logs once every listener is up.
+pub const SERVING: &str = "uringgost is serving";
+
+/// `uringgost --config FILE ARGS...` running in a namespace; killed on drop.
+pub struct Engine {
+    process: ChildProcess,
+    _config_dir: TempDir,
+}
+
+impl Engine {
+    /// Starts the engine in `netns` with `config` and waits until it logs [`SERVING`].
+    pub fn start(netns: &Netns, config: &str, args: &[&str]) -> Engine {
+        let engine = Engine::spawn(netns, config, args);
+        engine.process.wait_for_line(SERVING, STEP_TIMEOUT);
+        engine
+    }
+
+    /// Starts the engine in `netns` without waiting for anything.
+    pub fn spawn(netns: &Netns, config: &str, args: &[&str]) -> Engine {
+        let config_dir = TempDir::new();
+        let config_file = config_dir.write("uringgost.toml", config);
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns.name(), BIN, "--config"]);
+        command.arg(&config_file).args(args).env("NO_COLOR", "1");
+        let process = ChildProcess::spawn("uringgost", command);
+        Engine {
+            process,
+            _config_dir: config_dir,
+        }
+    }
+
+    /// The engine's process id (`ip netns exec` replaces itself with the engine).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The captured output, to wait on and to read logs from.
+    pub fn process(&self) -> &ChildProcess {
+        &self.process
+    }
+
+    /// Waits for the engine to exit by itself and returns its status and stderr.
+    pub fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let status = self.process.wait_exit(timeout);
+        (status, self.process.text(Stream::Stderr))
+    }
+}
+
+/// Result of `uringgost check --config FILE`.
+pub struct Checked {
+    /// The exit status.
+    pub status: ExitStatus,
+    /// The compiled routes, when the config is valid.
+    pub stdout: String,
+    /// The error, when it is not.
+    pub stderr: String,
+}
+
+/// Runs `uringgost check` on `config`. It opens no socket, so it needs no namespace or root.
+pub fn check(config: &str) -> Checked {
+    let dir = TempDir::new();
+    let config_file = dir.write("uringgost.toml", config);
+    check_file(&config_file)
+}
+
+/// Runs `uringgost check` on a config file that already exists.
+pub fn check_file(config_file: &std::path::Path) -> Checked {
+    let mut command = Command::new(BIN);
+    command
+        .arg("check")
+        .arg("--config")
+        .arg(config_file)
+        .env("NO_COLOR", "1");
+    let mut process = ChildProcess::spawn("uringgost check", command);
+    let status = process.wait_exit(STEP_TIMEOUT);
+    Checked {
+        status,
+        stdout: process.text(Stream::Stdout),
+        stderr: process.text(Stream::Stderr),
+    }
+}

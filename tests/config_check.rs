@@ -1,0 +1,134 @@
+//! `uringgost check`: a valid config prints its compiled routes and exits 0; a mistaken one
+//! exits non-zero with an error naming the service or hop, the key and the bad value.
+//! Nothing here opens a socket or a namespace, so no root is needed.
+
+mod common;
+
+use std::path::Path;
+
+use common::engine::{Checked, check, check_file};
+
+/// A loopback forward the tests change one key of at a time.
+const VALID: &str = r#"
+[[services]]
+name = "service-0"
+addr = "127.0.0.1:18000"
+handler = { type = "tcp" }
+listener = { type = "tcp" }
+[[services.forwarder.nodes]]
+name = "target-0"
+addr = "127.0.0.1:19000"
+"#;
+
+/// A chain of one HTTP hop on loopback.
+const CHAIN: &str = r#"
+[[chains]]
+name = "chain-0"
+[[chains.hops]]
+name = "hop-0"
+[[chains.hops.nodes]]
+name = "node-0"
+addr = "127.0.0.1:18080"
+connector = { type = "http" }
+dialer = { type = "tcp" }
+"#;
+
+/// [`VALID`] with its handler line replaced.
+fn with_handler(handler: &str) -> String {
+    VALID.replace("handler = { type = \"tcp\" }", handler)
+}
+
+fn assert_rejected(checked: &Checked, expected: &[&str]) {
+    assert!(
+        !checked.status.success(),
+        "check accepted the config; stdout:\n{}stderr:\n{}",
+        checked.stdout,
+        checked.stderr
+    );
+    for text in expected {
+        assert!(
+            checked.stderr.contains(text),
+            "stderr lacks {text:?}:\n{}",
+            checked.stderr
+        );
+    }
+}
+
+#[test]
+fn check_accepts_a_loopback_forward_and_prints_its_route() {
+    let checked = check(VALID);
+
+    assert!(checked.status.success(), "stderr:\n{}", checked.stderr);
+    assert!(
+        checked.stdout.contains("service-0"),
+        "stdout:\n{}",
+        checked.stdout
+    );
+    assert!(
+        checked.stdout.contains("127.0.0.1:19000"),
+        "stdout:\n{}",
+        checked.stdout
+    );
+}
+
+#[test]
+fn check_accepts_the_bundled_loopback_routes() {
+    let routes = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/routes.toml");
+
+    let checked = check_file(&routes);
+
+    assert!(
+        checked.status.success(),
+        "{}:\n{}",
+        routes.display(),
+        checked.stderr
+    );
+}
+
+#[test]
+fn check_rejects_a_duplicate_service_name_naming_it_and_the_key() {
+    let checked = check(&format!("{VALID}{}", VALID.replace("18000", "18001")));
+
+    assert_rejected(&checked, &["service-0", "name"]);
+    assert!(
+        checked.stderr.to_lowercase().contains("duplicate"),
+        "{}",
+        checked.stderr
+    );
+}
+
+#[test]
+fn check_rejects_an_ipv6_address_without_brackets_naming_service_key_and_value() {
+    let checked = check(&VALID.replace("127.0.0.1:18000", "::1:8000"));
+
+    assert_rejected(&checked, &["service-0", "addr", "::1:8000"]);
+}
+
+#[test]
+fn check_rejects_an_unknown_handler_type_naming_service_key_and_value() {
+    let checked = check(&VALID.replace(
+        "handler = { type = \"tcp\" }",
+        "handler = { type = \"socks9\" }",
+    ));
+
+    assert_rejected(&checked, &["service-0", "handler.type", "socks9"]);
+}
+
+#[test]
+fn check_rejects_an_unknown_connector_type_naming_hop_key_and_value() {
+    let with_chain = with_handler("handler = { type = \"tcp\", chain = \"chain-0\" }");
+    let config = with_chain + &CHAIN.replace("type = \"http\"", "type = \"socks9\"");
+
+    let checked = check(&config);
+
+    assert_rejected(&checked, &["hop-0", "connector.type", "socks9"]);
+}
+
+#[test]
+fn check_rejects_an_unknown_chain_naming_service_key_and_value() {
+    let checked = check(&with_handler(
+        "handler = { type = \"tcp\", chain = \"chain-x\" }",
+    ));
+
+    assert_rejected(&checked, &["service-0", "handler.chain", "chain-x"]);
+}
