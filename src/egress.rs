@@ -1,14 +1,17 @@
 //! Reaching a destination from a service: a direct dial, or a dial to the first hop of a
-//! chain followed by one CONNECT per later hop and one for the destination.
+//! chain followed by one handshake per later hop and one for the destination. Each hop's
+//! node is chosen by its selector, and the outcome is recorded in the node's health.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use monoio::net::TcpStream;
 
 use crate::config::Address;
 use crate::connector::{self, HandshakeError};
 use crate::dialer::{self, OutboundPools};
-use crate::route::{Chain, Egress, HopNode, Timeouts};
+use crate::route::{Chain, Egress, Hop, Timeouts};
+use crate::selector::Tried;
 
 /// An open connection towards the destination.
 pub struct Upstream {
@@ -22,7 +25,7 @@ pub struct Upstream {
 /// Why the destination could not be reached; the text names the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
-    /// A TCP connect failed.
+    /// A direct TCP connect to the destination failed.
     #[error("dial {addr}: {source}")]
     Dial {
         /// Where to.
@@ -30,20 +33,22 @@ pub enum EgressError {
         /// Why.
         source: std::io::Error,
     },
-    /// No node of the first hop could be dialed.
-    #[error("hop {hop}: no node reachable; last: node {node}: {source}")]
-    FirstHop {
+    /// The first hop's chosen node could not be dialed.
+    #[error("hop {hop} node {node}: dial {addr}: {source}")]
+    HopDial {
         /// The hop.
         hop: String,
-        /// The last node tried.
+        /// The node.
         node: String,
-        /// Its failure.
-        source: Box<EgressError>,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
     },
     /// A proxy did not open the tunnel.
-    #[error("hop {hop} node {node}: CONNECT {target}: {source}")]
+    #[error("hop {hop} node {node}: connect to {target}: {source}")]
     Handshake {
-        /// The hop whose node refused.
+        /// The hop whose node answered.
         hop: String,
         /// The node.
         node: String,
@@ -51,16 +56,43 @@ pub enum EgressError {
         target: String,
         /// Why.
         source: HandshakeError,
+        /// True when the destination was asked for (last hop), not a further hop.
+        last: bool,
     },
 }
 
+impl EgressError {
+    /// Whether the failure is the destination's own (it refused or could not be reached),
+    /// rather than a proxy's on the way: the caller then counts it against the destination.
+    pub fn destination_failed(&self) -> bool {
+        match self {
+            EgressError::Dial { .. } => true,
+            EgressError::HopDial { .. } => false,
+            EgressError::Handshake { source, last, .. } => *last && !source.blames_proxy(),
+        }
+    }
+
+    /// Whether the failure was a timeout.
+    pub fn timed_out(&self) -> bool {
+        match self {
+            EgressError::Dial { source, .. } | EgressError::HopDial { source, .. } => {
+                source.kind() == std::io::ErrorKind::TimedOut
+            }
+            EgressError::Handshake { source, .. } => matches!(source, HandshakeError::Timeout(_)),
+        }
+    }
+}
+
 /// Opens a connection to `destination` (`socket_addr` is its resolved form, used for direct
-/// dials) the way `egress` says.
+/// dials) the way `egress` says. `tried` holds the first-hop nodes this connection already
+/// tried, so a retry picks another while one is left.
 pub async fn open(
     pools: &OutboundPools,
     egress: &Egress,
     destination: &Address,
     socket_addr: SocketAddr,
+    client: IpAddr,
+    tried: &mut Tried,
     timeouts: Timeouts,
 ) -> Result<Upstream, EgressError> {
     match egress {
@@ -77,7 +109,15 @@ pub async fn open(
             })
         }
         Egress::Chain(chain) => {
-            through_chain(pools, chain, &destination.authority(), timeouts).await
+            through_chain(
+                pools,
+                chain,
+                &destination.authority(),
+                client,
+                tried,
+                timeouts,
+            )
+            .await
         }
     }
 }
@@ -86,81 +126,86 @@ async fn through_chain(
     pools: &OutboundPools,
     chain: &Chain,
     authority: &str,
+    client: IpAddr,
+    tried: &mut Tried,
     timeouts: Timeouts,
 ) -> Result<Upstream, EgressError> {
-    let (first, rest) = chain
-        .hops
-        .split_first()
-        .expect("a compiled chain has at least one hop");
-    let (stream, mut node) = dial_first_hop(pools, first, timeouts).await?;
-    let mut hop_name = &first.name;
+    let first = &chain.hops[0];
+    let index = first
+        .nodes
+        .pick(client, tried, Instant::now())
+        .expect("a hop has nodes");
+    tried.add(index);
+    let node = &first.nodes.nodes[index];
+    let stream =
+        match dialer::connect(pools, node.netns.as_ref(), node.socket_addr, timeouts.dial).await {
+            Ok(stream) => stream,
+            Err(source) => {
+                first.nodes.failed(index, Instant::now());
+                return Err(EgressError::HopDial {
+                    hop: first.name.clone(),
+                    node: node.name.clone(),
+                    addr: node.socket_addr,
+                    source,
+                });
+            }
+        };
+
+    // Walk the chain: through the node of hop `at`, ask for the next hop's node, and at the
+    // end for the destination.
     let mut pending = Vec::new();
-    for hop in rest {
-        let next = hop
-            .round()
-            .next()
-            .expect("a compiled hop has at least one node");
-        let target = next.address.authority();
-        pending = connector::connect(
+    let mut at: (&Hop, usize) = (first, index);
+    let mut used = vec![at];
+    for next_hop in chain.hops[1..].iter().map(Some).chain([None]) {
+        let (hop, index) = at;
+        let node = &hop.nodes.nodes[index];
+        let next = next_hop.map(|next_hop| {
+            let next_index = next_hop
+                .nodes
+                .pick(client, &Tried::default(), Instant::now())
+                .expect("a hop has nodes");
+            (next_hop, next_index)
+        });
+        let target = match next {
+            Some((next_hop, next_index)) => next_hop.nodes.nodes[next_index].address.authority(),
+            None => authority.to_owned(),
+        };
+        let answer = connector::connect(
             &stream,
             &node.connector,
             &target,
             pending,
             timeouts.handshake,
         )
-        .await
-        .map_err(|source| EgressError::Handshake {
-            hop: hop_name.clone(),
-            node: node.name.clone(),
-            target,
-            source,
-        })?;
-        node = next;
-        hop_name = &hop.name;
-    }
-    let pending = connector::connect(
-        &stream,
-        &node.connector,
-        authority,
-        pending,
-        timeouts.handshake,
-    )
-    .await
-    .map_err(|source| EgressError::Handshake {
-        hop: hop_name.clone(),
-        node: node.name.clone(),
-        target: authority.to_owned(),
-        source,
-    })?;
-    Ok(Upstream { stream, pending })
-}
-
-/// Dials the first hop's nodes in this core's round-robin order until one answers.
-async fn dial_first_hop<'a>(
-    pools: &OutboundPools,
-    hop: &'a crate::route::Hop,
-    timeouts: Timeouts,
-) -> Result<(TcpStream, &'a HopNode), EgressError> {
-    let mut last = None;
-    for node in hop.round() {
-        match dialer::connect(pools, node.netns.as_ref(), node.socket_addr, timeouts.dial).await {
-            Ok(stream) => return Ok((stream, node)),
+        .await;
+        pending = match answer {
+            Ok(pending) => pending,
             Err(source) => {
-                tracing::debug!(hop = %hop.name, node = %node.name, %source, "hop node unreachable");
-                last = Some((
-                    node,
-                    EgressError::Dial {
-                        addr: node.socket_addr,
-                        source,
-                    },
-                ));
+                // A proxy that misbehaves is marked; a refusal to reach the next hop's node
+                // counts against that node.
+                match (source.blames_proxy(), next) {
+                    (true, _) => hop.nodes.failed(index, Instant::now()),
+                    (false, Some((next_hop, next_index))) => {
+                        next_hop.nodes.failed(next_index, Instant::now())
+                    }
+                    (false, None) => {}
+                }
+                return Err(EgressError::Handshake {
+                    hop: hop.name.clone(),
+                    node: node.name.clone(),
+                    target,
+                    source,
+                    last: next.is_none(),
+                });
             }
+        };
+        if let Some(next) = next {
+            used.push(next);
+            at = next;
         }
     }
-    let (node, source) = last.expect("a compiled hop has at least one node");
-    Err(EgressError::FirstHop {
-        hop: hop.name.clone(),
-        node: node.name.clone(),
-        source: Box::new(source),
-    })
+    for (hop, index) in used {
+        hop.nodes.succeeded(index);
+    }
+    Ok(Upstream { stream, pending })
 }

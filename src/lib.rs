@@ -16,5 +16,7 @@ pub mod http;
 pub mod netns;
 pub mod relay;
 pub mod route;
+pub mod selector;
 pub mod server;
+pub mod socks5;
 pub mod stream;

@@ -38,6 +38,58 @@ pub async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Bytes arriving on a stream, read in whatever pieces they come and taken in exact sizes:
+/// for binary handshakes such as SOCKS5. Whatever was read beyond the handshake stays
+/// available through [`Incoming::rest`].
+pub struct Incoming<'a> {
+    stream: &'a TcpStream,
+    buf: Vec<u8>,
+    taken: usize,
+}
+
+impl<'a> Incoming<'a> {
+    /// Starts with `already` (bytes read from `stream` earlier).
+    pub fn new(stream: &'a TcpStream, already: Vec<u8>) -> Incoming<'a> {
+        Incoming {
+            stream,
+            buf: already,
+            taken: 0,
+        }
+    }
+
+    /// The next `count` bytes, waiting for them; an end of stream first is an error.
+    pub async fn exact(&mut self, count: usize) -> io::Result<&[u8]> {
+        while self.buf.len() - self.taken < count {
+            let filled = self.buf.len();
+            self.buf.resize(filled + 4096, 0);
+            let read = read_some(self.stream, &mut self.buf[filled..]).await;
+            self.buf.truncate(filled + *read.as_ref().unwrap_or(&0));
+            if read? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "connection closed after {} bytes of the handshake",
+                        self.buf.len()
+                    ),
+                ));
+            }
+        }
+        let start = self.taken;
+        self.taken += count;
+        Ok(&self.buf[start..self.taken])
+    }
+
+    /// The next byte.
+    pub async fn byte(&mut self) -> io::Result<u8> {
+        Ok(self.exact(1).await?[0])
+    }
+
+    /// What was read but not taken.
+    pub fn rest(mut self) -> Vec<u8> {
+        self.buf.split_off(self.taken)
+    }
+}
+
 /// Passes an end of stream on: shuts down the write half, so the peer reads EOF while the
 /// other direction stays open.
 pub fn shutdown_write(stream: &TcpStream) -> io::Result<()> {

@@ -82,6 +82,36 @@ impl Address {
         Ok(Address { host, port })
     }
 
+    /// An address from an IP address and port.
+    pub fn from_ip(ip: IpAddr, port: u16) -> Address {
+        Address {
+            host: Host::Ip(ip),
+            port,
+        }
+    }
+
+    /// An address from a host name (as a SOCKS5 client sends it) and port.
+    pub fn from_name(name: &str, port: u16) -> Result<Address, AddressError> {
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return Ok(Address::from_ip(ip, port));
+        }
+        if !is_host_name(name) {
+            return Err(AddressError::InvalidHost(name.to_owned()));
+        }
+        Ok(Address {
+            host: Host::Name(name.to_ascii_lowercase()),
+            port,
+        })
+    }
+
+    /// The host name, when the host is not an IP literal.
+    pub fn name(&self) -> Option<&str> {
+        match &self.host {
+            Host::Name(name) => Some(name),
+            _ => None,
+        }
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         self.port

@@ -24,6 +24,44 @@ pub struct Config {
     /// Named chains of proxy hops that services reach their targets through.
     #[serde(default)]
     pub chains: Vec<ChainConfig>,
+    /// Named host name mappings, consulted before the system resolver.
+    #[serde(default)]
+    pub hosts: Vec<HostsConfig>,
+}
+
+/// One `[[hosts]]` entry: static name-to-address mappings, as GOST's hosts mapper.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostsConfig {
+    /// Unique name, referenced by a service's `hosts`.
+    pub name: String,
+    /// The mappings.
+    #[serde(default)]
+    pub mappings: Vec<HostMappingConfig>,
+}
+
+/// One `[[hosts.mappings]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostMappingConfig {
+    /// The IP address the name maps to.
+    pub ip: String,
+    /// The host name.
+    pub hostname: String,
+}
+
+/// `selector = { strategy, maxFails, failTimeout }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectorConfig {
+    /// `round` (default), `random` (or `rand`), `fifo`, `hash`.
+    pub strategy: Option<String>,
+    /// Failures within `failTimeout` after which a node is skipped (default 1).
+    #[serde(rename = "maxFails")]
+    pub max_fails: Option<u32>,
+    /// How long a failed node is skipped (default `10s`).
+    #[serde(rename = "failTimeout")]
+    pub fail_timeout: Option<String>,
 }
 
 /// One `[[services]]` entry.
@@ -44,19 +82,23 @@ pub struct ServiceConfig {
     /// Namespaces and tuning.
     #[serde(default)]
     pub metadata: ServiceMetadata,
+    /// Name of the `[[hosts]]` mapping this service resolves names with first.
+    pub hosts: Option<String>,
 }
 
 /// `handler = { type, chain }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandlerConfig {
-    /// Handler type: `tcp` (port forwarding) or `http` (HTTP CONNECT proxy).
+    /// Handler type: `tcp` (port forwarding), or a proxy: `http`, `socks5`, `auto`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Name of the chain that outbound connections go through.
     pub chain: Option<String>,
     /// Credentials a client of a proxy handler must present.
     pub auth: Option<AuthConfig>,
+    /// Further attempts after a failed one, each with a newly selected node.
+    pub retries: Option<u32>,
 }
 
 /// `listener = { type }`.
@@ -80,9 +122,11 @@ impl Default for ListenerConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwarderConfig {
-    /// The targets, tried in turn.
+    /// The targets.
     #[serde(default)]
     pub nodes: Vec<TargetConfig>,
+    /// How a target is chosen for each connection.
+    pub selector: Option<SelectorConfig>,
 }
 
 /// One `[[services.forwarder.nodes]]` entry: a target of a forwarding service.
@@ -93,6 +137,12 @@ pub struct TargetConfig {
     pub name: String,
     /// Target address, `host:port`.
     pub addr: String,
+    /// Relative share of connections (default 1).
+    pub weight: Option<u32>,
+    /// Used only when no other target is alive.
+    pub backup: Option<bool>,
+    /// GOST's place for `weight` and `backup`.
+    pub metadata: Option<NodeMetadata>,
 }
 
 /// A service's `metadata` table.
@@ -137,14 +187,28 @@ pub struct HopConfig {
     /// The proxies that can serve this hop.
     #[serde(default)]
     pub nodes: Vec<HopNodeConfig>,
+    /// How a node is chosen for each connection.
+    pub selector: Option<SelectorConfig>,
 }
 
-/// A hop's or hop node's `metadata` table.
+/// A hop's `metadata` table.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HopMetadata {
     /// Namespace the connection to the hop's node is made from.
     pub netns: Option<String>,
+}
+
+/// A node's `metadata` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeMetadata {
+    /// Namespace the connection to this node is made from (hop nodes only).
+    pub netns: Option<String>,
+    /// Relative share of connections (default 1).
+    pub weight: Option<u32>,
+    /// Used only when no other node is alive.
+    pub backup: Option<bool>,
 }
 
 /// One `[[chains.hops.nodes]]` entry: a proxy.
@@ -161,15 +225,19 @@ pub struct HopNodeConfig {
     /// The transport to the proxy.
     #[serde(default)]
     pub dialer: DialerConfig,
-    /// Overrides the hop's metadata for this node.
-    pub metadata: Option<HopMetadata>,
+    /// Relative share of connections (default 1).
+    pub weight: Option<u32>,
+    /// Used only when no other node of the hop is alive.
+    pub backup: Option<bool>,
+    /// Overrides the hop's metadata for this node; GOST's place for `weight` and `backup`.
+    pub metadata: Option<NodeMetadata>,
 }
 
 /// `connector = { type, auth }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorConfig {
-    /// Connector type: `http`.
+    /// Connector type: `http` or `socks5`.
     #[serde(rename = "type", default = "default_connector")]
     pub kind: String,
     /// Credentials presented to the proxy.

@@ -4,19 +4,20 @@ use monoio::net::TcpStream;
 
 use super::HandshakeError;
 use crate::http::{MAX_HEADERS, read_head};
+use crate::route::Credentials;
 use crate::stream::write_all;
 
 /// Sends `CONNECT authority` and reads the answer; any status but 2xx is a refusal.
 pub(super) async fn connect(
     stream: &TcpStream,
     authority: &str,
-    authorization: Option<&str>,
+    auth: Option<&Credentials>,
     mut pending: Vec<u8>,
 ) -> Result<Vec<u8>, HandshakeError> {
     let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
-    if let Some(authorization) = authorization {
+    if let Some(auth) = auth {
         request.push_str("Proxy-Authorization: ");
-        request.push_str(authorization);
+        request.push_str(&auth.basic);
         request.push_str("\r\n");
     }
     request.push_str("\r\n");
@@ -35,7 +36,8 @@ pub(super) async fn connect(
     .await?;
     match status {
         Some((code, _)) if (200..300).contains(&code) => Ok(pending.split_off(length)),
+        Some((407, reason)) => Err(HandshakeError::AuthRejected(format!("407 {reason}"))),
         Some((code, reason)) => Err(HandshakeError::Refused(format!("{code} {reason}"))),
-        None => Err(HandshakeError::Refused("no status".to_owned())),
+        None => Err(HandshakeError::Protocol("no status".to_owned())),
     }
 }

@@ -2,6 +2,7 @@
 //! to the next address.
 
 mod http;
+mod socks5;
 
 use std::time::Duration;
 
@@ -13,18 +14,32 @@ use crate::route::Connector;
 /// Why a proxy did not open the tunnel.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
-    /// The proxy answered with a refusal.
-    #[error("proxy refused: {0}")]
+    /// The proxy refused to connect to what it was asked for.
+    #[error("refused: {0}")]
     Refused(String),
-    /// The answer could not be read.
+    /// The proxy did not accept our credentials (or wanted some).
+    #[error("authentication failed: {0}")]
+    AuthRejected(String),
+    /// The answer was not HTTP.
     #[error("{0}")]
     Head(#[from] HeadError),
-    /// Writing the request failed.
-    #[error("sending the request: {0}")]
+    /// The answer broke the protocol.
+    #[error("bad answer: {0}")]
+    Protocol(String),
+    /// The connection to the proxy failed.
+    #[error("{0}")]
     Io(#[from] std::io::Error),
     /// No complete answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+}
+
+impl HandshakeError {
+    /// Whether the proxy itself is at fault (down, misbehaving, or refusing us), as opposed
+    /// to refusing the destination it was asked for.
+    pub fn blames_proxy(&self) -> bool {
+        !matches!(self, HandshakeError::Refused(_))
+    }
 }
 
 /// Asks the proxy at the other end of `stream` for a tunnel to `authority` (`host:port`).
@@ -41,8 +56,9 @@ pub async fn connect(
 ) -> Result<Vec<u8>, HandshakeError> {
     let handshake = async {
         match connector {
-            Connector::Http { authorization } => {
-                http::connect(stream, authority, authorization.as_deref(), pending).await
+            Connector::Http(auth) => http::connect(stream, authority, auth.as_ref(), pending).await,
+            Connector::Socks5(auth) => {
+                socks5::connect(stream, authority, auth.as_ref(), pending).await
             }
         }
     };

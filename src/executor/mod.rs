@@ -120,7 +120,9 @@ fn outbound_namespaces(routes: &Routes) -> Vec<(crate::netns::NamespaceId, bool)
     let mut found = Vec::new();
     for service in &routes.services {
         let (egress, ipv6_targets) = match &service.handler {
-            Handler::Forward { targets, egress } => (
+            Handler::Forward {
+                targets, egress, ..
+            } => (
                 egress,
                 targets
                     .nodes
@@ -128,18 +130,20 @@ fn outbound_namespaces(routes: &Routes) -> Vec<(crate::netns::NamespaceId, bool)
                     .map(|t| t.socket_addr.is_ipv6())
                     .collect(),
             ),
-            Handler::HttpProxy { egress, .. } => (egress, vec![false]),
+            Handler::Proxy { egress, .. } => (egress, vec![false]),
         };
         match egress {
             Egress::Direct { netns: Some(netns) } => {
                 found.extend(ipv6_targets.into_iter().map(|ipv6| (netns.id, ipv6)))
             }
             Egress::Direct { netns: None } => {}
-            Egress::Chain(chain) => found.extend(chain.hops[0].nodes.iter().filter_map(|node| {
-                node.netns
-                    .as_ref()
-                    .map(|netns| (netns.id, node.socket_addr.is_ipv6()))
-            })),
+            Egress::Chain(chain) => {
+                found.extend(chain.hops[0].nodes.nodes.iter().filter_map(|node| {
+                    node.netns
+                        .as_ref()
+                        .map(|netns| (netns.id, node.socket_addr.is_ipv6()))
+                }))
+            }
         }
     }
     found.sort();

@@ -1,51 +1,69 @@
-//! Handler `tcp`: port forwarding to the service's targets, with failover between them.
+//! Handler `tcp`: port forwarding to the service's targets, chosen by the forwarder's
+//! selector, with failover to another target when one cannot be reached.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use monoio::net::TcpStream;
 
 use super::ServeError;
-use crate::egress::{self, EgressError};
+use crate::egress;
 use crate::executor::Core;
 use crate::relay::{Transfer, relay};
-use crate::route::{Egress, Service, Targets};
+use crate::route::{Egress, Service, Target};
+use crate::selector::{Group, Tried};
 use crate::stream::write_all;
 
 pub(super) async fn serve(
     core: &Core,
     service: &Service,
-    targets: &Targets,
+    targets: &Group<Target>,
     egress: &Egress,
+    attempts: u32,
     client: &TcpStream,
     peer: SocketAddr,
 ) -> Result<Transfer, ServeError> {
-    let mut failures: Vec<(String, EgressError)> = Vec::new();
-    for target in targets.round() {
+    let mut failures = Vec::new();
+    let mut tried_targets = Tried::default();
+    let mut tried_hop_nodes = Tried::default();
+    for _ in 0..attempts {
+        let index = targets
+            .pick(peer.ip(), &tried_targets, Instant::now())
+            .expect("targets exist");
+        tried_targets.add(index);
+        let target = &targets.nodes[index];
         let opened = egress::open(
             &core.pools,
             egress,
             &target.address,
             target.socket_addr,
+            peer.ip(),
+            &mut tried_hop_nodes,
             service.timeouts,
         )
         .await;
         let upstream = match opened {
             Ok(upstream) => upstream,
             Err(error) => {
+                if error.destination_failed() {
+                    targets.failed(index, Instant::now());
+                }
                 tracing::debug!(
                     service = %service.name, %peer, target = %target.name, %error,
-                    "target unreachable"
+                    "attempt failed"
                 );
-                failures.push((target.name.clone(), error));
+                failures.push(format!("target {}: {error}", target.name));
                 continue;
             }
         };
+        targets.succeeded(index);
         if !failures.is_empty() {
             tracing::warn!(
                 service = %service.name, %peer, target = %target.name,
-                failed = failures.len(), "failed over to another target"
+                failed = %failures.join("; "), "connected after failed attempts"
             );
         }
+        tracing::debug!(service = %service.name, %peer, target = %target.name, "forwarding");
         if !upstream.pending.is_empty() {
             write_all(client, &upstream.pending)
                 .await
@@ -55,9 +73,5 @@ pub(super) async fn serve(
         transfer.received += upstream.pending.len() as u64;
         return Ok(transfer);
     }
-    let reasons: Vec<String> = failures
-        .iter()
-        .map(|(target, error)| format!("target {target}: {error}"))
-        .collect();
-    Err(ServeError::Setup(reasons.join("; ")))
+    Err(ServeError::Setup(failures.join("; ")))
 }

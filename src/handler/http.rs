@@ -1,34 +1,43 @@
-//! Handler `http`: an HTTP proxy that answers CONNECT, so a chain's hop can be uringgost.
-
-use std::net::SocketAddr;
+//! Handler `http`: an HTTP proxy. CONNECT opens a tunnel; a plain request with an absolute
+//! URI (`GET http://host/path`) is forwarded to that host in origin form, one request per
+//! connection.
 
 use monoio::net::TcpStream;
 
-use super::ServeError;
+use super::{OpenError, Proxy, ServeError};
 use crate::config::Address;
-use crate::egress::{self, EgressError};
-use crate::executor::Core;
 use crate::http::{HeadError, MAX_HEADERS, read_head};
 use crate::relay::{Transfer, relay};
-use crate::route::{Egress, Service};
 use crate::stream::write_all;
+
+/// Headers that concern only the hop between the client and this proxy.
+const HOP_HEADERS: [&str; 4] = [
+    "proxy-authorization",
+    "proxy-connection",
+    "connection",
+    "keep-alive",
+];
 
 /// What the handler needs from a request head.
 #[derive(Default)]
 struct Request {
     method: String,
     target: String,
-    authorization: Option<Vec<u8>>,
+    minor_version: u8,
+    headers: Vec<(String, Vec<u8>)>,
 }
 
-pub(super) async fn serve(
-    core: &Core,
-    service: &Service,
-    egress: &Egress,
-    required_authorization: Option<&str>,
-    client: &TcpStream,
-) -> Result<Transfer, ServeError> {
-    let mut buf = Vec::new();
+impl Request {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+pub(super) async fn serve(proxy: &Proxy<'_>, mut buf: Vec<u8>) -> Result<Transfer, ServeError> {
+    let client = proxy.client;
     let mut request = Request::default();
     let head = read_head(client, &mut buf, |bytes| {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -37,15 +46,16 @@ pub(super) async fn serve(
         if status.is_complete() {
             request.method = parsed.method.unwrap_or_default().to_owned();
             request.target = parsed.path.unwrap_or_default().to_owned();
-            request.authorization = parsed
+            request.minor_version = parsed.version.unwrap_or(1);
+            request.headers = parsed
                 .headers
                 .iter()
-                .find(|header| header.name.eq_ignore_ascii_case("proxy-authorization"))
-                .map(|header| header.value.to_vec());
+                .map(|header| (header.name.to_owned(), header.value.to_vec()))
+                .collect();
         }
         Ok(status)
     });
-    let length = match monoio::time::timeout(service.timeouts.handshake, head).await {
+    let length = match monoio::time::timeout(proxy.handshake_timeout(), head).await {
         Ok(Ok(length)) => length,
         Ok(Err(HeadError::Malformed(error))) => {
             return refuse(
@@ -65,15 +75,15 @@ pub(super) async fn serve(
         }
         Ok(Err(error)) => return Err(ServeError::Setup(format!("reading the request: {error}"))),
         Err(_) => {
+            let waited = proxy.handshake_timeout();
             return Err(ServeError::Setup(format!(
-                "no complete request within {:?}",
-                service.timeouts.handshake
+                "no complete request within {waited:?}"
             )));
         }
     };
 
-    if let Some(required) = required_authorization
-        && request.authorization.as_deref() != Some(required.as_bytes())
+    if let Some(auth) = proxy.auth
+        && request.header("proxy-authorization") != Some(auth.basic.as_bytes())
     {
         let answer = "HTTP/1.1 407 Proxy Authentication Required\r\n\
                       Proxy-Authenticate: Basic realm=\"uringgost\"\r\n\
@@ -84,13 +94,22 @@ pub(super) async fn serve(
             "client sent no or wrong proxy credentials".to_owned(),
         ));
     }
-    if request.method != "CONNECT" {
-        let reason = format!(
-            "method {} is not supported; this proxy serves CONNECT",
-            request.method
-        );
-        return refuse(client, "501 Not Implemented", &reason).await;
+
+    let early = buf.split_off(length);
+    if request.method == "CONNECT" {
+        connect(proxy, &request, early).await
+    } else {
+        forward(proxy, &request, early).await
     }
+}
+
+/// CONNECT: a tunnel to the requested `host:port`.
+async fn connect(
+    proxy: &Proxy<'_>,
+    request: &Request,
+    early: Vec<u8>,
+) -> Result<Transfer, ServeError> {
+    let client = proxy.client;
     let destination = match Address::parse(&request.target) {
         Ok(address)
             if address
@@ -104,74 +123,127 @@ pub(super) async fn serve(
             return refuse(client, "400 Bad Request", &reason).await;
         }
     };
-
-    let socket_addr = match resolve(core, egress, &destination).await {
-        Ok(addr) => addr,
-        Err(error) => {
-            let reason = format!("cannot resolve {destination}: {error}");
-            return refuse(client, "502 Bad Gateway", &reason).await;
-        }
-    };
-    let upstream = match egress::open(
-        &core.pools,
-        egress,
-        &destination,
-        socket_addr,
-        service.timeouts,
-    )
-    .await
-    {
+    let upstream = match proxy.open(&destination).await {
         Ok(upstream) => upstream,
         Err(error) => {
-            let status = match &error {
-                EgressError::Dial { source, .. }
-                    if source.kind() == std::io::ErrorKind::TimedOut =>
-                {
-                    "504 Gateway Timeout"
-                }
-                _ => "502 Bad Gateway",
-            };
-            return refuse(client, status, &format!("CONNECT {destination}: {error}")).await;
+            return refuse(
+                client,
+                status_for(&error),
+                &format!("CONNECT {destination}: {error}"),
+            )
+            .await;
         }
     };
-
-    let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
-    let setup = |error: std::io::Error| ServeError::Setup(format!("starting the tunnel: {error}"));
-    let mut answer = Vec::with_capacity(established.len() + upstream.pending.len());
-    answer.extend_from_slice(established);
+    let mut answer = b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec();
     answer.extend_from_slice(&upstream.pending);
+    let setup = |error: std::io::Error| ServeError::Setup(format!("starting the tunnel: {error}"));
     write_all(client, &answer).await.map_err(setup)?;
-    let early = &buf[length..];
     if !early.is_empty() {
-        write_all(&upstream.stream, early).await.map_err(setup)?;
+        write_all(&upstream.stream, &early).await.map_err(setup)?;
     }
-    let mut transfer = relay(client, &upstream.stream, service.relay).await?;
+    let mut transfer = relay(client, &upstream.stream, proxy.service.relay).await?;
     transfer.sent += early.len() as u64;
     transfer.received += upstream.pending.len() as u64;
     Ok(transfer)
 }
 
-/// The destination's address for a direct dial. Through a chain the last proxy resolves
-/// names, so only literals are needed and anything else is passed on as written.
-async fn resolve(
-    core: &Core,
-    egress: &Egress,
-    destination: &Address,
-) -> std::io::Result<SocketAddr> {
-    if let Some(addr) = destination.literal() {
-        return Ok(addr);
-    }
-    match egress {
-        Egress::Chain(_) => Ok(SocketAddr::from(([0, 0, 0, 0], destination.port()))),
-        Egress::Direct { netns } => core
-            .helper
-            .resolve(
-                netns.as_ref().map(|netns| netns.id),
-                destination.authority(),
+/// A plain request with an absolute URI: sent on to the origin in origin form with
+/// `Connection: close`, then the rest of the connection is relayed as is.
+async fn forward(
+    proxy: &Proxy<'_>,
+    request: &Request,
+    early: Vec<u8>,
+) -> Result<Transfer, ServeError> {
+    let client = proxy.client;
+    let Some((authority, path)) = split_absolute_uri(&request.target) else {
+        let reason = format!(
+            "\"{} {}\" is not a proxy request; send CONNECT host:port or an absolute http:// URI",
+            request.method, request.target
+        );
+        return refuse(client, "400 Bad Request", &reason).await;
+    };
+    let destination = match Address::parse(&authority) {
+        Ok(address) => address,
+        Err(error) => return refuse(client, "400 Bad Request", &error.to_string()).await,
+    };
+    let upstream = match proxy.open(&destination).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            return refuse(
+                client,
+                status_for(&error),
+                &format!("{} {destination}: {error}", request.method),
             )
-            .recv_async()
-            .await
-            .map_err(|_| std::io::Error::other("the namespace helper has stopped"))?,
+            .await;
+        }
+    };
+
+    let mut head = format!(
+        "{} {path} HTTP/1.{}\r\n",
+        request.method, request.minor_version
+    )
+    .into_bytes();
+    if request.header("host").is_none() {
+        head.extend_from_slice(format!("Host: {authority}\r\n").as_bytes());
+    }
+    for (name, value) in &request.headers {
+        if !HOP_HEADERS.iter().any(|hop| name.eq_ignore_ascii_case(hop)) {
+            head.extend_from_slice(name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value);
+            head.extend_from_slice(b"\r\n");
+        }
+    }
+    head.extend_from_slice(b"Connection: close\r\n\r\n");
+    head.extend_from_slice(&early);
+    let setup = |error: std::io::Error| ServeError::Setup(format!("sending the request: {error}"));
+    write_all(&upstream.stream, &head).await.map_err(setup)?;
+    if !upstream.pending.is_empty() {
+        write_all(client, &upstream.pending).await.map_err(setup)?;
+    }
+    let mut transfer = relay(client, &upstream.stream, proxy.service.relay).await?;
+    transfer.sent += head.len() as u64;
+    transfer.received += upstream.pending.len() as u64;
+    Ok(transfer)
+}
+
+/// `http://host[:port]/path` → (`host:port`, `/path`). Only `http` is forwarded in plain
+/// form; clients use CONNECT for anything else.
+fn split_absolute_uri(uri: &str) -> Option<(String, String)> {
+    let scheme_end = uri.find("://")?;
+    if !uri[..scheme_end].eq_ignore_ascii_case("http") {
+        return None;
+    }
+    let rest = &uri[scheme_end + 3..];
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/"),
+    };
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    if authority.is_empty() {
+        return None;
+    }
+    let has_port = match authority.rfind(']') {
+        Some(bracket) => authority[bracket..].contains(':'),
+        None => authority.contains(':'),
+    };
+    let authority = if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_owned()
+    };
+    Some((authority, path))
+}
+
+fn status_for(error: &OpenError) -> &'static str {
+    match error {
+        OpenError::Egress(error) if error.timed_out() => "504 Gateway Timeout",
+        _ => "502 Bad Gateway",
     }
 }
 
@@ -185,4 +257,23 @@ async fn refuse(client: &TcpStream, status: &str, reason: &str) -> Result<Transf
     // The client is refused either way; a failed write changes nothing.
     let _ = write_all(client, answer.as_bytes()).await;
     Err(ServeError::Setup(format!("answered {status}: {reason}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_absolute_uri;
+
+    #[test]
+    fn absolute_uris_split_into_authority_and_origin_form() {
+        let split = |uri| split_absolute_uri(uri).map(|(a, p)| format!("{a} {p}"));
+        assert_eq!(
+            split("http://example.test/a?b").as_deref(),
+            Some("example.test:80 /a?b")
+        );
+        assert_eq!(split("HTTP://u:p@h:8080").as_deref(), Some("h:8080 /"));
+        assert_eq!(split("http://[::1]/x").as_deref(), Some("[::1]:80 /x"));
+        assert_eq!(split("http://[::1]:81?q").as_deref(), Some("[::1]:81 /?q"));
+        assert_eq!(split("https://h/"), None);
+        assert_eq!(split("/relative"), None);
+    }
 }

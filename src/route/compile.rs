@@ -1,6 +1,5 @@
 //! Configuration to routes: every check that can fail happens here, before serving.
 
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,12 +8,15 @@ use std::time::Duration;
 use base64::Engine;
 
 use super::{
-    Chain, Connector, Dialer, Egress, Handler, Hop, HopNode, Routes, Service, Target, Targets,
-    Timeouts,
+    Chain, Connector, Credentials, Dialer, Egress, Handler, Hop, HopNode, ProxyProtocol, Routes,
+    Service, Target, Timeouts,
 };
-use crate::config::{Address, AuthConfig, ChainConfig, Config, ServiceConfig};
+use crate::config::{
+    Address, AuthConfig, ChainConfig, Config, NodeMetadata, SelectorConfig, ServiceConfig,
+};
 use crate::netns::{NamespaceRef, NamespaceTable};
 use crate::relay::RelayMode;
+use crate::selector::{Group, Selector, Weight};
 
 const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,6 +80,7 @@ impl Compiler<'_> {
         }
         self.unique_names("services", config.services.iter().map(|s| s.name.as_str()));
         self.unique_names("chains", config.chains.iter().map(|c| c.name.as_str()));
+        self.unique_names("hosts", config.hosts.iter().map(|h| h.name.as_str()));
         let default_relay = match &config.relay {
             None => RelayMode::default(),
             Some(value) => self.relay_mode("top level", "relay", value),
@@ -218,6 +221,19 @@ impl Compiler<'_> {
             },
         };
 
+        let first_hop_nodes = match &egress {
+            Some(Egress::Chain(chain)) => chain.hops[0].nodes.nodes.len(),
+            _ => 1,
+        };
+        let proxy = |protocol| {
+            let auth = config.handler.auth.as_ref().map(credentials);
+            move |egress| Handler::Proxy {
+                protocol,
+                egress,
+                auth,
+                attempts: 0,
+            }
+        };
         let handler = match config.handler.kind.as_str() {
             "tcp" => {
                 let targets = self.targets(&place, config, egress.as_ref());
@@ -225,12 +241,16 @@ impl Compiler<'_> {
                     self.problem(
                         &place,
                         "handler.auth",
-                        "only proxy handlers (http) take auth",
+                        "only proxy handlers (http, socks5, auto) take auth",
                     );
                 }
-                egress.map(|egress| Handler::Forward { targets, egress })
+                egress.map(|egress| Handler::Forward {
+                    targets,
+                    egress,
+                    attempts: 0,
+                })
             }
-            "http" => {
+            kind @ ("http" | "socks5" | "auto") => {
                 if config
                     .forwarder
                     .as_ref()
@@ -239,25 +259,42 @@ impl Compiler<'_> {
                     self.problem(
                         &place,
                         "forwarder",
-                        "an http proxy connects where each client asks; forwarder nodes are \
-                         only for handler type tcp",
+                        format!(
+                            "a {kind} proxy connects where each client asks; forwarder nodes are \
+                             only for handler type tcp"
+                        ),
                     );
                 }
-                let authorization = config.handler.auth.as_ref().map(basic_authorization);
-                egress.map(|egress| Handler::HttpProxy {
-                    egress,
-                    authorization,
-                })
+                let protocol = match kind {
+                    "http" => ProxyProtocol::Http,
+                    "socks5" => ProxyProtocol::Socks5,
+                    _ => ProxyProtocol::Auto,
+                };
+                egress.map(proxy(protocol))
             }
             other => {
                 self.problem(
                     &place,
                     "handler.type",
-                    format!("\"{other}\" is not a handler type; valid: tcp, http"),
+                    format!("\"{other}\" is not a handler type; valid: tcp, http, socks5, auto"),
                 );
                 None
             }
         };
+        let retries = config.handler.retries;
+        let handler = handler.map(|mut handler| {
+            let (targets, attempts) = match &mut handler {
+                Handler::Forward {
+                    targets, attempts, ..
+                } => (targets.nodes.len(), attempts),
+                Handler::Proxy { attempts, .. } => (1, attempts),
+            };
+            // By default a connection may try every target and every first-hop node once.
+            let every_node_once = targets.max(first_hop_nodes) as u32;
+            *attempts = retries.map_or(every_node_once, |retries| retries.saturating_add(1));
+            handler
+        });
+        let hosts = self.hosts(&place, config, whole);
 
         if self.problems.len() != problems_before {
             return None;
@@ -269,16 +306,18 @@ impl Compiler<'_> {
             handler: handler?,
             relay,
             timeouts,
+            hosts,
         })
     }
 
-    fn targets(&mut self, place: &str, config: &ServiceConfig, egress: Option<&Egress>) -> Targets {
-        let nodes = config
-            .forwarder
-            .as_ref()
-            .map(|f| f.nodes.as_slice())
-            .unwrap_or_default();
-        if nodes.is_empty() {
+    fn targets(
+        &mut self,
+        place: &str,
+        config: &ServiceConfig,
+        egress: Option<&Egress>,
+    ) -> Group<Target> {
+        let forwarder = config.forwarder.clone().unwrap_or_default();
+        if forwarder.nodes.is_empty() {
             self.problem(
                 place,
                 "forwarder.nodes",
@@ -286,14 +325,31 @@ impl Compiler<'_> {
                  name and addr",
             );
         }
+        let selector = self.selector(place, "forwarder.selector", forwarder.selector.as_ref());
         let through_chain = matches!(egress, Some(Egress::Chain(_)));
         let mut targets = Vec::new();
-        for (index, node) in nodes.iter().enumerate() {
-            let key = format!("forwarder.nodes[{index}] \"{}\".addr", node.name);
+        let mut weights = Vec::new();
+        for (index, node) in forwarder.nodes.iter().enumerate() {
+            let key = format!("forwarder.nodes[{index}] \"{}\"", node.name);
+            if node.metadata.as_ref().is_some_and(|m| m.netns.is_some()) {
+                self.problem(
+                    place,
+                    &format!("{key}.metadata.netns"),
+                    "targets are dialed from the \
+                    service's netns.out; a namespace per target is not supported",
+                );
+            }
+            let weight = self.weight(
+                place,
+                &key,
+                node.weight,
+                node.backup,
+                node.metadata.as_ref(),
+            );
             let address = match Address::parse(&node.addr) {
                 Ok(address) => address,
                 Err(error) => {
-                    self.problem(place, &key, error);
+                    self.problem(place, &format!("{key}.addr"), error);
                     continue;
                 }
             };
@@ -303,7 +359,7 @@ impl Compiler<'_> {
             {
                 self.problem(
                     place,
-                    &key,
+                    &format!("{key}.addr"),
                     "a target needs a host, e.g. \"127.0.0.1:8000\"",
                 );
                 continue;
@@ -313,7 +369,7 @@ impl Compiler<'_> {
                 (Ok(addr), _) => addr,
                 (Err(_), true) => SocketAddr::from(([0, 0, 0, 0], address.port())),
                 (Err(error), false) => {
-                    self.problem(place, &key, error);
+                    self.problem(place, &format!("{key}.addr"), error);
                     continue;
                 }
             };
@@ -322,11 +378,81 @@ impl Compiler<'_> {
                 address,
                 socket_addr,
             });
+            weights.push(weight);
         }
-        Targets {
-            nodes: targets,
-            next: Cell::new(0),
+        Group::new(targets, weights, selector)
+    }
+
+    fn selector(&mut self, place: &str, key: &str, config: Option<&SelectorConfig>) -> Selector {
+        let mut selector = Selector::default();
+        let Some(config) = config else {
+            return selector;
+        };
+        if let Some(strategy) = &config.strategy {
+            match strategy.parse() {
+                Ok(strategy) => selector.strategy = strategy,
+                Err(message) => self.problem(place, &format!("{key}.strategy"), message),
+            }
         }
+        if let Some(max_fails) = config.max_fails {
+            if max_fails == 0 {
+                self.problem(place, &format!("{key}.maxFails"), "must be at least 1");
+            }
+            selector.max_fails = max_fails.max(1);
+        }
+        selector.fail_timeout = self.duration(
+            place,
+            &format!("{key}.failTimeout"),
+            config.fail_timeout.as_deref(),
+            selector.fail_timeout,
+        );
+        selector
+    }
+
+    fn weight(
+        &mut self,
+        place: &str,
+        key: &str,
+        weight: Option<u32>,
+        backup: Option<bool>,
+        metadata: Option<&NodeMetadata>,
+    ) -> Weight {
+        let weight = weight.or(metadata.and_then(|m| m.weight)).unwrap_or(1);
+        if weight == 0 {
+            self.problem(place, &format!("{key}.weight"), "must be at least 1");
+        }
+        let backup = backup.or(metadata.and_then(|m| m.backup)).unwrap_or(false);
+        Weight {
+            weight: weight.max(1),
+            backup,
+        }
+    }
+
+    fn hosts(
+        &mut self,
+        place: &str,
+        config: &ServiceConfig,
+        whole: &Config,
+    ) -> Vec<(String, std::net::IpAddr)> {
+        let Some(name) = &config.hosts else {
+            return Vec::new();
+        };
+        let Some(hosts) = whole.hosts.iter().find(|hosts| &hosts.name == name) else {
+            self.problem(place, "hosts", format!("no [[hosts]] is named \"{name}\""));
+            return Vec::new();
+        };
+        let mut mappings = Vec::new();
+        for (index, mapping) in hosts.mappings.iter().enumerate() {
+            match mapping.ip.parse() {
+                Ok(ip) => mappings.push((mapping.hostname.to_ascii_lowercase(), ip)),
+                Err(_) => self.problem(
+                    &format!("hosts \"{name}\""),
+                    &format!("mappings[{index}].ip"),
+                    format!("\"{}\" is not an IP address", mapping.ip),
+                ),
+            }
+        }
+        mappings
     }
 
     fn chain(&mut self, config: &ChainConfig, netns_out: Option<&NamespaceRef>) -> Option<Chain> {
@@ -351,9 +477,18 @@ impl Compiler<'_> {
             }
             // A hop without a namespace of its own is dialed from the service's netns.out.
             let hop_netns = self.namespace(&place, "metadata.netns", hop.metadata.netns.as_deref());
+            let selector = self.selector(&place, "selector", hop.selector.as_ref());
             let mut nodes = Vec::new();
+            let mut weights = Vec::new();
             for node in &hop.nodes {
                 let node_place = format!("{place} node \"{}\"", node.name);
+                let weight = self.weight(
+                    &node_place,
+                    "",
+                    node.weight,
+                    node.backup,
+                    node.metadata.as_ref(),
+                );
                 let netns = match &node.metadata {
                     Some(metadata) if metadata.netns.is_some() => {
                         self.namespace(&node_place, "metadata.netns", metadata.netns.as_deref())
@@ -375,15 +510,15 @@ impl Compiler<'_> {
                         continue;
                     }
                 };
+                let auth = node.connector.auth.as_ref().map(credentials);
                 let connector = match node.connector.kind.as_str() {
-                    "http" => Connector::Http {
-                        authorization: node.connector.auth.as_ref().map(basic_authorization),
-                    },
+                    "http" => Connector::Http(auth),
+                    "socks5" | "socks" => Connector::Socks5(auth),
                     other => {
                         self.problem(
                             &node_place,
                             "connector.type",
-                            format!("\"{other}\" is not a connector type; valid: http"),
+                            format!("\"{other}\" is not a connector type; valid: http, socks5"),
                         );
                         continue;
                     }
@@ -407,11 +542,12 @@ impl Compiler<'_> {
                     connector,
                     dialer,
                 });
+                weights.push(weight);
             }
+            let nodes = Group::new(nodes, weights, selector);
             hops.push(Hop {
                 name: hop.name.clone(),
                 nodes,
-                next: Cell::new(0),
             });
         }
         (self.problems.len() == problems_before).then(|| Chain {
@@ -421,13 +557,17 @@ impl Compiler<'_> {
     }
 }
 
-/// The `Basic` authorization value for a user and password.
-fn basic_authorization(auth: &AuthConfig) -> String {
+/// Credentials, with the HTTP `Basic` value computed once.
+fn credentials(auth: &AuthConfig) -> Credentials {
     let pair = format!("{}:{}", auth.username, auth.password);
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    )
+    Credentials {
+        username: auth.username.clone(),
+        password: auth.password.clone(),
+        basic: format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        ),
+    }
 }
 
 /// Parses a duration written as GOST writes them: `500ms`, `10s`, `2m`, `1h`, or a plain

@@ -8,7 +8,6 @@ mod compile;
 
 pub use compile::{CompileError, compile};
 
-use std::cell::Cell;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +15,7 @@ use std::time::Duration;
 use crate::config::Address;
 use crate::netns::NamespaceRef;
 use crate::relay::RelayMode;
+use crate::selector::Group;
 
 /// Everything a process serves.
 #[derive(Debug, Clone)]
@@ -39,6 +39,8 @@ pub struct Service {
     pub relay: RelayMode,
     /// Limits on waiting.
     pub timeouts: Timeouts,
+    /// Static host name mappings, consulted before the resolver.
+    pub hosts: Vec<(String, std::net::IpAddr)>,
 }
 
 /// How long a connection may wait on each step before it is given up.
@@ -55,27 +57,46 @@ pub struct Timeouts {
 pub enum Handler {
     /// Port forwarding to the service's targets.
     Forward {
-        /// Where connections go.
-        targets: Targets,
+        /// Where connections go, and how one is chosen.
+        targets: Group<Target>,
         /// How they get there.
         egress: Egress,
+        /// Attempts per connection: the first plus the configured retries.
+        attempts: u32,
     },
-    /// An HTTP proxy that answers CONNECT.
-    HttpProxy {
+    /// A proxy that connects where each client asks.
+    Proxy {
+        /// The protocols it answers.
+        protocol: ProxyProtocol,
         /// How the requested destinations are reached.
         egress: Egress,
-        /// The `Proxy-Authorization` value clients must send, if any.
-        authorization: Option<String>,
+        /// The credentials clients must present, if any.
+        auth: Option<Credentials>,
+        /// Attempts per connection: the first plus the configured retries.
+        attempts: u32,
     },
 }
 
-/// The targets of a forwarding service, tried in round-robin order with failover.
-#[derive(Debug, Clone)]
-pub struct Targets {
-    /// The nodes.
-    pub nodes: Vec<Target>,
-    /// Where this core's next round starts. Each executor has its own copy of the routes.
-    pub next: Cell<usize>,
+/// The protocols a proxy service answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// HTTP: CONNECT, and plain requests with an absolute URI.
+    Http,
+    /// SOCKS5 CONNECT.
+    Socks5,
+    /// Either, told apart by the first byte the client sends.
+    Auto,
+}
+
+/// A user name and password, with the HTTP `Basic` form precomputed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// `Basic base64(username:password)`.
+    pub basic: String,
 }
 
 /// One forwarding target.
@@ -115,10 +136,8 @@ pub struct Chain {
 pub struct Hop {
     /// The hop's name.
     pub name: String,
-    /// The proxies that can serve this hop, tried in round-robin order with failover.
-    pub nodes: Vec<HopNode>,
-    /// Where this core's next round starts.
-    pub next: Cell<usize>,
+    /// The proxies that can serve this hop, and how one is chosen.
+    pub nodes: Group<HopNode>,
 }
 
 /// One proxy in a hop.
@@ -141,11 +160,10 @@ pub struct HopNode {
 /// The protocol spoken to a proxy node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Connector {
-    /// HTTP CONNECT.
-    Http {
-        /// The `Proxy-Authorization` header value to send, if any.
-        authorization: Option<String>,
-    },
+    /// HTTP CONNECT, with basic auth when credentials are set.
+    Http(Option<Credentials>),
+    /// SOCKS5 CONNECT, with username/password auth when credentials are set.
+    Socks5(Option<Credentials>),
 }
 
 /// The transport to a proxy node.
@@ -153,27 +171,6 @@ pub enum Connector {
 pub enum Dialer {
     /// Plain TCP.
     Tcp,
-}
-
-impl Targets {
-    /// The order in which this connection tries the targets: a rotation starting at this
-    /// core's round-robin position, which then advances by one.
-    pub fn round(&self) -> impl Iterator<Item = &Target> {
-        rotation(&self.nodes, &self.next)
-    }
-}
-
-impl Hop {
-    /// The order in which this connection tries the hop's nodes.
-    pub fn round(&self) -> impl Iterator<Item = &HopNode> {
-        rotation(&self.nodes, &self.next)
-    }
-}
-
-fn rotation<'a, T>(nodes: &'a [T], next: &Cell<usize>) -> impl Iterator<Item = &'a T> {
-    let start = next.get() % nodes.len().max(1);
-    next.set(start + 1);
-    nodes[start..].iter().chain(&nodes[..start])
 }
 
 impl fmt::Display for Routes {
@@ -187,14 +184,12 @@ impl fmt::Display for Routes {
 
 impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match &self.handler {
-            Handler::Forward { .. } => "tcp",
-            Handler::HttpProxy { .. } => "http",
-        };
         write!(
             f,
-            "service {}: handler {kind}, listens on {}",
-            self.name, self.listen
+            "service {}: handler {}, listens on {}",
+            self.name,
+            self.handler.kind(),
+            self.listen
         )?;
         match &self.netns {
             Some(netns) => write!(f, " in netns {netns}")?,
@@ -206,27 +201,41 @@ impl fmt::Display for Service {
             "  timeouts: dial {:?}, handshake {:?}",
             self.timeouts.dial, self.timeouts.handshake
         )?;
+        for (name, ip) in &self.hosts {
+            writeln!(f, "  host {name} -> {ip}")?;
+        }
         match &self.handler {
-            Handler::Forward { targets, egress } => {
-                for target in &targets.nodes {
-                    writeln!(
+            Handler::Forward {
+                targets,
+                egress,
+                attempts,
+            } => {
+                writeln!(
+                    f,
+                    "  targets ({}), {attempts} attempts per connection:",
+                    targets.selector
+                )?;
+                for (target, weight) in targets.nodes.iter().zip(&targets.weights) {
+                    write!(
                         f,
-                        "  target {}: {} ({})",
+                        "    target {}: {} ({})",
                         target.name, target.address, target.socket_addr
                     )?;
+                    writeln!(f, "{weight}")?;
                 }
                 write!(f, "{egress}")
             }
-            Handler::HttpProxy {
+            Handler::Proxy {
+                auth,
                 egress,
-                authorization,
+                attempts,
+                ..
             } => {
-                let auth = if authorization.is_some() {
-                    "required"
-                } else {
-                    "none"
-                };
-                writeln!(f, "  client auth: {auth}")?;
+                let auth = if auth.is_some() { "required" } else { "none" };
+                writeln!(
+                    f,
+                    "  client auth: {auth}, {attempts} attempts per connection"
+                )?;
                 write!(f, "{egress}")
             }
         }
@@ -245,24 +254,30 @@ impl fmt::Display for Egress {
             Egress::Chain(chain) => {
                 writeln!(f, "  through chain {}:", chain.name)?;
                 for (index, hop) in chain.hops.iter().enumerate() {
-                    writeln!(f, "    hop {} {}:", index + 1, hop.name)?;
-                    for node in &hop.nodes {
-                        let Connector::Http { authorization } = &node.connector;
-                        let auth = if authorization.is_some() {
-                            " with auth"
-                        } else {
-                            ""
+                    writeln!(
+                        f,
+                        "    hop {} {} ({}):",
+                        index + 1,
+                        hop.name,
+                        hop.nodes.selector
+                    )?;
+                    for (node, weight) in hop.nodes.nodes.iter().zip(&hop.nodes.weights) {
+                        let (kind, auth) = match &node.connector {
+                            Connector::Http(auth) => ("http", auth.is_some()),
+                            Connector::Socks5(auth) => ("socks5", auth.is_some()),
                         };
+                        let auth = if auth { " with auth" } else { "" };
                         write!(
                             f,
-                            "      node {}: {}, connector http{auth}, dialer tcp",
+                            "      node {}: {}, connector {kind}{auth}, dialer tcp",
                             node.name, node.address
                         )?;
                         match (&node.netns, index) {
-                            (Some(netns), 0) => writeln!(f, ", dialed from netns {netns}")?,
-                            (None, 0) => writeln!(f, ", dialed from the process's netns")?,
-                            _ => writeln!(f, ", reached through hop {index}")?,
+                            (Some(netns), 0) => write!(f, ", dialed from netns {netns}")?,
+                            (None, 0) => write!(f, ", dialed from the process's netns")?,
+                            _ => write!(f, ", reached through hop {index}")?,
                         }
+                        writeln!(f, "{weight}")?;
                     }
                 }
                 Ok(())
@@ -276,7 +291,18 @@ impl Handler {
     pub fn kind(&self) -> &'static str {
         match self {
             Handler::Forward { .. } => "tcp",
-            Handler::HttpProxy { .. } => "http",
+            Handler::Proxy {
+                protocol: ProxyProtocol::Http,
+                ..
+            } => "http",
+            Handler::Proxy {
+                protocol: ProxyProtocol::Socks5,
+                ..
+            } => "socks5",
+            Handler::Proxy {
+                protocol: ProxyProtocol::Auto,
+                ..
+            } => "auto",
         }
     }
 }
