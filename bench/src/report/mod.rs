@@ -1,0 +1,244 @@
+//! The results: medians over rounds with ratios, written as a Markdown table, JSON and an SVG
+//! chart under `<out>/<timestamp>/`, with copies at `<out>/latest.*`.
+
+mod markdown;
+mod svg;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::cli::{Plan, Suite};
+use crate::contenders::ContenderKind;
+use crate::load::Figures;
+use crate::runner::{Outcome, Sample, TestCase};
+use crate::system::MachineInfo;
+
+/// How and where the run happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    /// The exact command line.
+    pub command_line: String,
+    /// Start time, UTC, `YYYYMMDD-HHMMSS`.
+    pub started_utc: String,
+    /// Suite name.
+    pub suite: Suite,
+    /// Rounds per contender and test.
+    pub rounds: u32,
+    /// Threads (or processes) per forwarder.
+    pub threads: u32,
+    /// CPUs the forwarders were pinned to.
+    pub forwarder_cpus: String,
+    /// CPUs the load generators and sinks were pinned to.
+    pub load_cpus: String,
+    /// The machine.
+    pub machine: MachineInfo,
+    /// Things a reader must know to read the figures right.
+    pub notes: Vec<String>,
+}
+
+/// One contender's line in one test's table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Contender name.
+    pub contender: String,
+    /// `ok`, `partial` (some rounds failed), `failed` or `n/a`.
+    pub status: &'static str,
+    /// Why it failed, which rounds failed, or why it does not apply.
+    pub note: Option<String>,
+    /// Rounds that produced figures.
+    pub rounds_measured: u32,
+    /// Median of every figure over the measured rounds.
+    pub medians: Figures,
+    /// Primary figure divided by `direct`'s.
+    pub to_direct: Option<f64>,
+    /// Primary figure divided by the best peer's (HAProxy, nginx, socat).
+    pub to_best_peer: Option<f64>,
+}
+
+/// One test's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestSummary {
+    /// Test name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// The figure ratios are taken of.
+    pub primary: &'static str,
+    /// Whether more of the primary figure is better.
+    pub higher_is_better: bool,
+    /// One row per contender, in the order given.
+    pub rows: Vec<Row>,
+    #[serde(skip)]
+    test: TestCase,
+}
+
+/// Everything the JSON file holds.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// How and where.
+    pub run: RunInfo,
+    /// Medians and ratios per test.
+    pub tests: Vec<TestSummary>,
+    /// Every single outcome, for anyone who wants the spread.
+    pub samples: Vec<Sample>,
+}
+
+impl Report {
+    /// Summarises the samples of a run.
+    pub fn new(plan: &Plan, run: RunInfo, samples: Vec<Sample>) -> Report {
+        let tests = plan
+            .tests
+            .iter()
+            .map(|&test| summarize(plan, test, &samples))
+            .collect();
+        Report {
+            run,
+            tests,
+            samples,
+        }
+    }
+
+    /// Writes `results.md`, `results.json` and `chart.svg` into `dir` and copies them to
+    /// `<out>/latest.{md,json,svg}`. Returns the Markdown text.
+    pub fn write(&self, dir: &Path, out: &Path) -> Result<String> {
+        let text = markdown::render(self);
+        let json = serde_json::to_string_pretty(self).context("serialising the results")?;
+        let chart = svg::render(self);
+        for (name, latest, content) in [
+            ("results.md", "latest.md", &text),
+            ("results.json", "latest.json", &json),
+            ("chart.svg", "latest.svg", &chart),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, content)
+                .with_context(|| format!("writing {}", path.display()))?;
+            let latest = out.join(latest);
+            std::fs::write(&latest, content)
+                .with_context(|| format!("writing {}", latest.display()))?;
+        }
+        Ok(text)
+    }
+}
+
+fn summarize(plan: &Plan, test: TestCase, samples: &[Sample]) -> TestSummary {
+    let (primary, higher_is_better) = test.primary_figure();
+    let name = test.name();
+    let mut rows: Vec<Row> = plan
+        .contenders
+        .iter()
+        .map(|kind| {
+            let mine: Vec<&Sample> = samples
+                .iter()
+                .filter(|sample| sample.test == name && sample.contender == kind.name())
+                .collect();
+            summarize_row(*kind, &mine)
+        })
+        .collect();
+
+    let primary_of = |row: &Row| {
+        row.medians
+            .get(primary)
+            .copied()
+            .filter(|value| *value > 0.0)
+    };
+    let direct = rows
+        .iter()
+        .find(|row| row.contender == "direct")
+        .and_then(primary_of);
+    let peers = rows.iter().filter(|row| {
+        row.contender
+            .parse::<ContenderKind>()
+            .is_ok_and(ContenderKind::is_peer)
+    });
+    let best_peer = peers.filter_map(primary_of).reduce(|best, value| {
+        if (value > best) == higher_is_better {
+            value
+        } else {
+            best
+        }
+    });
+    for row in &mut rows {
+        if let Some(value) = primary_of(row) {
+            row.to_direct = direct.map(|direct| value / direct);
+            row.to_best_peer = best_peer.map(|best| value / best);
+        }
+    }
+    TestSummary {
+        name,
+        description: test.description(plan),
+        primary,
+        higher_is_better,
+        rows,
+        test,
+    }
+}
+
+fn summarize_row(kind: ContenderKind, samples: &[&Sample]) -> Row {
+    let mut measured: Vec<&Figures> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut not_applicable = None;
+    for sample in samples {
+        match &sample.outcome {
+            Outcome::Measured { figures } => measured.push(figures),
+            Outcome::Failed { error } => errors.push(format!("round {}: {error}", sample.round)),
+            Outcome::NotApplicable { reason } => not_applicable = Some(reason.clone()),
+        }
+    }
+    let mut medians = Figures::new();
+    let keys: std::collections::BTreeSet<&String> =
+        measured.iter().flat_map(|f| f.keys()).collect();
+    for key in keys {
+        let values: Vec<f64> = measured
+            .iter()
+            .filter_map(|figures| figures.get(key))
+            .copied()
+            .collect();
+        if let Some(median) = median(values) {
+            medians.insert(key.clone(), median);
+        }
+    }
+    let (status, note) = match (not_applicable, measured.is_empty(), errors.is_empty()) {
+        (Some(reason), _, _) => ("n/a", Some(reason)),
+        (None, true, _) => ("failed", errors.first().cloned()),
+        (None, false, true) => ("ok", None),
+        (None, false, false) => ("partial", Some(errors.join("; "))),
+    };
+    Row {
+        contender: kind.name().into(),
+        status,
+        note,
+        rounds_measured: measured.len() as u32,
+        medians,
+        to_direct: None,
+        to_best_peer: None,
+    }
+}
+
+/// The median (mean of the middle two for an even count); `None` when empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|value| value.is_finite());
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+}
