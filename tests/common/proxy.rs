@@ -14,7 +14,8 @@ use super::{STEP_TIMEOUT, TempDir};
 /// What the fake proxy does with one CONNECT request.
 #[derive(Clone, Debug)]
 pub enum Reply {
-    /// Answers `HTTP/1.1 {status} {reason}` with an empty body and closes.
+    /// Answers `HTTP/1.1 {status} {reason}` with [`REFUSAL_BODY`] and waits for the engine to
+    /// close the connection.
     Refuse {
         /// The status code, e.g. 403.
         status: u16,
@@ -36,6 +37,10 @@ impl Reply {
     }
 }
 
+/// The body of every refusal: a client that receives any of it got the proxy's error page
+/// relayed as if it were the target's data.
+pub const REFUSAL_BODY: &str = "refused by the fake proxy\n";
+
 /// A scripted HTTP CONNECT proxy on a thread inside `netns`: the n-th connection it accepts
 /// gets `replies[n]`. `join` on the result gives each request head (up to the blank line).
 pub fn fake_proxy(netns: &str, addr: SocketAddr, replies: Vec<Reply>) -> Worker<Vec<String>> {
@@ -50,11 +55,27 @@ pub fn fake_proxy(netns: &str, addr: SocketAddr, replies: Vec<Reply>) -> Worker<
                 } else {
                     ""
                 };
-                let answer =
-                    format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\n{challenge}\r\n");
+                let answer = format!(
+                    "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\n{challenge}\r\n{}",
+                    REFUSAL_BODY.len(),
+                    REFUSAL_BODY
+                );
                 client
                     .write_all(answer.as_bytes())
                     .expect("writing the refusal");
+                // The engine, not the proxy, must end the connection; a reset is fine, as
+                // the engine may close without reading the body.
+                let mut rest = Vec::new();
+                let failure = match client.read_to_end(&mut rest) {
+                    Ok(_) => None,
+                    Err(error) if error.kind() == io::ErrorKind::ConnectionReset => None,
+                    Err(error) => Some(error),
+                };
+                assert!(
+                    failure.is_none() && rest.is_empty(),
+                    "after a {status}, the engine sent {rest:?} to the hop and did not close it: \
+                     {failure:?}"
+                );
             }
             Reply::Tunnel { early } => {
                 let target = connect_target(&head);
