@@ -1,6 +1,6 @@
 //! Buffered relay: recv(2) into a buffer and send(2) from it, non-blocking, on the executor
-//! thread after a readiness event. The buffer comes from a per-core pool and is held only
-//! while data is in flight, so an idle connection costs no buffer memory.
+//! thread after a readiness event. Buffers come from per-core pools and are held only while
+//! data is in flight, so an idle connection costs no buffer memory.
 
 use std::cell::RefCell;
 use std::io;
@@ -10,53 +10,111 @@ use monoio::net::TcpStream;
 
 use crate::stream::{recv, shutdown_write, write_all};
 
-/// Bytes read at a time.
-const BUFFER_SIZE: usize = 64 * 1024;
+/// Buffer size of the buffered relay.
+const LARGE: usize = 64 * 1024;
 
-/// Idle buffers a core keeps for reuse; beyond this they are freed.
+/// Buffer size of the adaptive relay's first stage: large enough for a typical request or
+/// response, small enough that a stream filling it is clearly a bulk transfer.
+const SMALL: usize = 16 * 1024;
+
+/// Idle buffers a core keeps per size; beyond this they are freed.
 const POOL_LIMIT: usize = 64;
 
 thread_local! {
-    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static LARGE_POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static SMALL_POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
 
-fn take() -> Box<[u8]> {
-    POOL.with(|pool| pool.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice())
+/// A buffer size with its pool.
+#[derive(Clone, Copy)]
+enum Size {
+    Large,
+    Small,
 }
 
-fn give_back(buffer: Box<[u8]>) {
-    POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        if pool.len() < POOL_LIMIT {
-            pool.push(buffer);
-        }
-    });
+impl Size {
+    fn with_pool<T>(self, work: impl FnOnce(&mut Vec<Box<[u8]>>) -> T) -> T {
+        let pool = match self {
+            Size::Large => &LARGE_POOL,
+            Size::Small => &SMALL_POOL,
+        };
+        pool.with(|pool| work(&mut pool.borrow_mut()))
+    }
+
+    fn take(self) -> Box<[u8]> {
+        let length = match self {
+            Size::Large => LARGE,
+            Size::Small => SMALL,
+        };
+        self.with_pool(|pool| pool.pop())
+            .unwrap_or_else(|| vec![0; length].into_boxed_slice())
+    }
+
+    fn give_back(self, buffer: Box<[u8]>) {
+        self.with_pool(|pool| {
+            if pool.len() < POOL_LIMIT {
+                pool.push(buffer);
+            }
+        });
+    }
+}
+
+/// How a buffered copy ended.
+pub(super) enum Ended {
+    /// The source ended and the destination's write half was shut down.
+    Eof(u64),
+    /// A read filled the whole buffer: the stream is a bulk transfer (adaptive relay only).
+    Bulk(u64),
 }
 
 /// Copies `source` to `destination` until `source` ends, then shuts down `destination`'s
 /// write half. Returns the bytes copied.
 pub(super) async fn copy(source: &TcpStream, destination: &TcpStream) -> io::Result<u64> {
+    match copy_with(source, destination, Size::Large, false).await? {
+        Ended::Eof(copied) | Ended::Bulk(copied) => Ok(copied),
+    }
+}
+
+/// Copies with small buffers until `source` ends or a read fills a whole buffer.
+pub(super) async fn copy_until_bulk(
+    source: &TcpStream,
+    destination: &TcpStream,
+) -> io::Result<Ended> {
+    copy_with(source, destination, Size::Small, true).await
+}
+
+async fn copy_with(
+    source: &TcpStream,
+    destination: &TcpStream,
+    size: Size,
+    stop_at_bulk: bool,
+) -> io::Result<Ended> {
     let mut copied = 0u64;
     let mut buffer = None;
     loop {
-        let chunk = buffer.get_or_insert_with(take);
+        let chunk = buffer.get_or_insert_with(|| size.take());
         match recv(source.as_raw_fd(), chunk) {
             Ok(0) => {
                 if let Some(chunk) = buffer.take() {
-                    give_back(chunk);
+                    size.give_back(chunk);
                 }
                 shutdown_write(destination)?;
-                return Ok(copied);
+                return Ok(Ended::Eof(copied));
             }
             Ok(read) => {
                 write_all(destination, &chunk[..read]).await?;
                 copied += read as u64;
+                if stop_at_bulk && read == chunk.len() {
+                    if let Some(chunk) = buffer.take() {
+                        size.give_back(chunk);
+                    }
+                    return Ok(Ended::Bulk(copied));
+                }
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 // Idle: hold no buffer while waiting.
                 if let Some(chunk) = buffer.take() {
-                    give_back(chunk);
+                    size.give_back(chunk);
                 }
                 source.readable(false).await?;
             }

@@ -6,6 +6,7 @@
 
 mod buffered;
 mod splice;
+mod uring_splice;
 
 use std::fmt;
 use std::io;
@@ -17,13 +18,19 @@ use monoio::net::TcpStream;
 /// How a relay moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RelayMode {
+    /// Per direction: buffered with 16 KiB buffers while messages are small, splice from the
+    /// first read that fills a buffer on.
+    #[default]
+    Auto,
     /// splice(2) through a pipe taken from a per-core pool only while data is in flight:
     /// the bytes never enter user space.
-    #[default]
     Splice,
-    /// recv(2)/send(2) through a buffer taken from a per-core pool only while data is in
-    /// flight.
+    /// recv(2)/send(2) through a 64 KiB buffer taken from a per-core pool only while data
+    /// is in flight.
     Buffered,
+    /// io_uring SPLICE ops: for comparison only; costs an io-wq kernel thread per waiting
+    /// direction.
+    UringSplice,
 }
 
 impl FromStr for RelayMode {
@@ -31,10 +38,13 @@ impl FromStr for RelayMode {
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         match value {
+            "auto" => Ok(RelayMode::Auto),
             "splice" => Ok(RelayMode::Splice),
             "buffered" => Ok(RelayMode::Buffered),
+            "uring-splice" => Ok(RelayMode::UringSplice),
             other => Err(format!(
-                "\"{other}\" is not a relay; valid: splice, buffered"
+                "\"{other}\" is not a relay; valid: auto, splice, buffered (and uring-splice, \
+                 for comparison only)"
             )),
         }
     }
@@ -43,8 +53,10 @@ impl FromStr for RelayMode {
 impl fmt::Display for RelayMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            RelayMode::Auto => "auto",
             RelayMode::Splice => "splice",
             RelayMode::Buffered => "buffered",
+            RelayMode::UringSplice => "uring-splice",
         })
     }
 }
@@ -95,7 +107,16 @@ pub async fn relay(
 
 async fn copy(source: &TcpStream, destination: &TcpStream, mode: RelayMode) -> io::Result<u64> {
     match mode {
+        RelayMode::Auto => match buffered::copy_until_bulk(source, destination).await? {
+            buffered::Ended::Eof(copied) => Ok(copied),
+            buffered::Ended::Bulk(copied) => Ok(copied + splice::copy(source, destination).await?),
+        },
         RelayMode::Splice => splice::copy(source, destination).await,
         RelayMode::Buffered => buffered::copy(source, destination).await,
+        // On the epoll fallback the op would be a blocking splice(2) on the executor.
+        RelayMode::UringSplice if !monoio::utils::detect_uring() => {
+            splice::copy(source, destination).await
+        }
+        RelayMode::UringSplice => uring_splice::copy(source, destination).await,
     }
 }
