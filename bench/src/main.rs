@@ -106,7 +106,9 @@ fn notes(plan: &Plan) -> Vec<String> {
          backlog=4096 and nodelay like the others"
             .to_owned(),
         "CPU figures are the forwarder's utime+stime (all its processes and threads, reaped \
-         children included) during the measured window"
+         children included) during the measured window; `other CPU s` is the machine's busy \
+         time outside the harness, its sink and the contenders in that window: far from zero, \
+         the measurement shared the CPUs with other work"
             .to_owned(),
         "ns-* tests run only for direct and uringgost: HAProxy, nginx stream and socat have no \
          HTTP CONNECT proxy to stand as the chain's hop"

@@ -103,6 +103,27 @@ fn read_stat(pid: i32) -> Option<Stat> {
     })
 }
 
+/// Busy CPU seconds of the whole machine since boot, from the first line of /proc/stat:
+/// user, nice, system and steal. Interrupt time is left out because it is not charged to
+/// processes either, so the difference to a process tree's time is other processes' work
+/// (plus what the hypervisor took).
+pub fn machine_busy_seconds() -> f64 {
+    let text = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().next() else {
+        return 0.0;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let busy: u64 = [0, 1, 2, 7]
+        .iter()
+        .filter_map(|index| ticks.get(*index))
+        .sum();
+    busy as f64 / clock_ticks_per_second()
+}
+
 fn kib_field(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name))

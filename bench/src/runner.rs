@@ -129,7 +129,8 @@ impl TestCase {
             TestCase::Bulk(..) | TestCase::ChainBulk(..) => ("gbps", true),
             TestCase::ConnectionRate | TestCase::ChainConnectionRate => ("conn_per_s", true),
             TestCase::Latency => ("p99_us", false),
-            TestCase::Idle => ("rss_kib_per_conn", false),
+            // PSS, not RSS: socat's thousands of processes share most of their pages.
+            TestCase::Idle => ("pss_kib_per_conn", false),
         }
     }
 
@@ -280,7 +281,9 @@ fn measure(
     if let Some((path, text)) = &launched.config {
         save_config(results_dir, kind, layout, path, text);
     }
-    // The readiness probe's connection must be gone before loads read the sink's counters.
+    // The readiness probe's connection must be gone before loads read the sink's counters;
+    // the forwarder may still be dialing the sink for it a moment after the probe closed.
+    std::thread::sleep(Duration::from_millis(100));
     sink.wait_for_active(0, Duration::from_secs(5))?;
 
     let context = LoadContext {

@@ -60,7 +60,7 @@ pub fn run(context: &LoadContext<'_>, direction: Direction, streams: u32) -> Res
         CpuMeter::start(context.forwarder),
     );
     std::thread::sleep(context.duration);
-    let (bytes_after, elapsed, cpu_seconds) = (received(), started.elapsed(), cpu.stop());
+    let (bytes_after, elapsed, cpu_use) = (received(), started.elapsed(), cpu.stop());
     stop.store(true, Ordering::Relaxed);
     let (bytes_before, bytes_after) = (bytes_before?, bytes_after?);
 
@@ -87,11 +87,9 @@ pub fn run(context: &LoadContext<'_>, direction: Direction, streams: u32) -> Res
     let gbit = bytes * 8.0 / 1e9;
     let mut figures = Figures::new();
     figures.insert("gbps".into(), gbit / elapsed.as_secs_f64());
-    if let Some(cpu_seconds) = cpu_seconds {
-        figures.insert("cpu_s".into(), cpu_seconds);
-        if cpu_seconds > 0.0 {
-            figures.insert("gbit_per_cpu_s".into(), gbit / cpu_seconds);
-        }
+    cpu_use.record(&mut figures);
+    if let Some(cpu_seconds) = cpu_use.forwarder.filter(|seconds| *seconds > 0.0) {
+        figures.insert("gbit_per_cpu_s".into(), gbit / cpu_seconds);
     }
     Ok(figures)
 }

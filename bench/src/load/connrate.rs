@@ -46,7 +46,7 @@ pub fn run(context: &LoadContext<'_>, clients: usize) -> Result<Figures> {
     let measure_from = begin + context.warmup;
     let measure_until = measure_from + context.duration;
     let mut cpu: Option<CpuMeter> = None;
-    let cpu_seconds;
+    let cpu_use;
 
     loop {
         let now = Instant::now();
@@ -54,7 +54,7 @@ pub fn run(context: &LoadContext<'_>, clients: usize) -> Result<Figures> {
             cpu = Some(CpuMeter::start(context.forwarder));
         }
         if now >= measure_until {
-            cpu_seconds = cpu.as_ref().and_then(CpuMeter::stop);
+            cpu_use = cpu.as_ref().map(CpuMeter::stop);
             break;
         }
         for (index, slot) in slots.iter_mut().enumerate() {
@@ -121,8 +121,10 @@ pub fn run(context: &LoadContext<'_>, clients: usize) -> Result<Figures> {
     );
     figures.insert("errors".into(), errors as f64);
     add_percentiles(&mut figures, "", &histogram);
-    if let Some(cpu_seconds) = cpu_seconds {
-        figures.insert("cpu_s".into(), cpu_seconds);
+    if let Some(cpu_use) = &cpu_use {
+        cpu_use.record(&mut figures);
+    }
+    if let Some(cpu_seconds) = cpu_use.and_then(|cpu_use| cpu_use.forwarder) {
         figures.insert(
             "cpu_us_per_conn".into(),
             cpu_seconds * 1e6 / completed as f64,

@@ -70,7 +70,7 @@ pub fn run(context: &LoadContext<'_>, count: u32) -> Result<Figures> {
     // Bytes that reached the sink, echoed back or not.
     let arrived = sink.stats()?.echo_connections - before.echo_connections;
     let resources_after = context.forwarder.map(procfs::resources);
-    let cpu_seconds = cpu.stop();
+    let cpu_use = cpu.stop();
 
     drop(streams);
     sink.wait_for_active(before.active, Duration::from_secs(30))?;
@@ -82,9 +82,7 @@ pub fn run(context: &LoadContext<'_>, count: u32) -> Result<Figures> {
     figures.insert("lost_up".into(), opened.saturating_sub(arrived) as f64);
     figures.insert("lost_down".into(), opened.saturating_sub(returned) as f64);
     figures.insert("setup_s".into(), setup_seconds);
-    if let Some(cpu_seconds) = cpu_seconds {
-        figures.insert("cpu_s".into(), cpu_seconds);
-    }
+    cpu_use.record(&mut figures);
     if let (Some(before), Some(idle), Some(after)) =
         (resources_before, resources_idle, resources_after)
     {

@@ -35,7 +35,7 @@ pub fn run(context: &LoadContext<'_>, connections: u32, rate: u32) -> Result<Fig
     let measure_from = start + context.warmup;
     let measure_until = measure_from + context.duration;
 
-    let (histograms, cpu_seconds) = std::thread::scope(|scope| {
+    let (histograms, cpu_use) = std::thread::scope(|scope| {
         let mut workers = Vec::new();
         for (index, stream) in streams.into_iter().enumerate() {
             let first = start + Duration::from_secs_f64(index as f64 / f64::from(rate));
@@ -49,7 +49,7 @@ pub fn run(context: &LoadContext<'_>, connections: u32, rate: u32) -> Result<Fig
         std::thread::sleep(wait);
         let cpu = CpuMeter::start(context.forwarder);
         std::thread::sleep(measure_until.saturating_duration_since(Instant::now()));
-        let cpu_seconds = cpu.stop();
+        let cpu_use = cpu.stop();
         let mut histograms = Vec::new();
         for (index, worker) in workers.into_iter().enumerate() {
             let outcome = match worker {
@@ -60,7 +60,7 @@ pub fn run(context: &LoadContext<'_>, connections: u32, rate: u32) -> Result<Fig
             };
             histograms.push(outcome.with_context(|| format!("connection {index}")));
         }
-        (histograms, cpu_seconds)
+        (histograms, cpu_use)
     });
 
     let mut total = latency_histogram()?;
@@ -78,9 +78,7 @@ pub fn run(context: &LoadContext<'_>, connections: u32, rate: u32) -> Result<Fig
         "achieved_per_s".into(),
         total.len() as f64 / context.duration.as_secs_f64(),
     );
-    if let Some(cpu_seconds) = cpu_seconds {
-        figures.insert("cpu_s".into(), cpu_seconds);
-    }
+    cpu_use.record(&mut figures);
     Ok(figures)
 }
 

@@ -33,25 +33,56 @@ pub struct LoadContext<'a> {
 /// Named figures of one run of one load, e.g. `gbps` or `p99_us`.
 pub type Figures = BTreeMap<String, f64>;
 
-/// CPU time of the forwarder between two moments.
+/// CPU time between two moments: the forwarder's, and that of everything on the machine
+/// outside the harness's own process tree (which holds the sink and every contender).
 pub struct CpuMeter {
     pid: Option<i32>,
-    start: f64,
+    forwarder_start: f64,
+    machine_start: f64,
+    harness_start: f64,
+}
+
+/// What [`CpuMeter::stop`] measured.
+pub struct CpuUse {
+    /// CPU seconds of the forwarder's processes; `None` without a forwarder.
+    pub forwarder: Option<f64>,
+    /// CPU seconds of processes that are not part of the run (another build, say): a
+    /// figure far from zero means the measurement shared the CPUs.
+    pub other: f64,
 }
 
 impl CpuMeter {
-    /// Starts counting (a no-op without a forwarder).
+    /// Starts counting.
     pub fn start(pid: Option<i32>) -> CpuMeter {
         CpuMeter {
             pid,
-            start: pid.map_or(0.0, procfs::cpu_seconds),
+            forwarder_start: pid.map_or(0.0, procfs::cpu_seconds),
+            machine_start: procfs::machine_busy_seconds(),
+            harness_start: procfs::cpu_seconds(std::process::id() as i32),
         }
     }
 
-    /// CPU seconds used since `start`, or `None` without a forwarder.
-    pub fn stop(&self) -> Option<f64> {
-        self.pid
-            .map(|pid| (procfs::cpu_seconds(pid) - self.start).max(0.0))
+    /// CPU seconds used since `start`.
+    pub fn stop(&self) -> CpuUse {
+        let harness = procfs::cpu_seconds(std::process::id() as i32) - self.harness_start;
+        let machine = procfs::machine_busy_seconds() - self.machine_start;
+        let forwarder = self
+            .pid
+            .map(|pid| (procfs::cpu_seconds(pid) - self.forwarder_start).max(0.0));
+        CpuUse {
+            forwarder,
+            other: (machine - harness).max(0.0),
+        }
+    }
+}
+
+impl CpuUse {
+    /// Records `cpu_s` (with a forwarder) and `other_cpu_s`.
+    pub fn record(&self, figures: &mut Figures) {
+        if let Some(seconds) = self.forwarder {
+            figures.insert("cpu_s".into(), seconds);
+        }
+        figures.insert("other_cpu_s".into(), self.other);
     }
 }
 

@@ -24,6 +24,7 @@ fn columns(test: TestCase) -> Vec<Column> {
             ToBestPeer,
             Figure("fwd CPU s", "cpu_s", 2),
             Figure("Gbit per CPU s", "gbit_per_cpu_s", 2),
+            Figure("other CPU s", "other_cpu_s", 2),
         ],
         TestCase::ConnectionRate | TestCase::ChainConnectionRate => vec![
             Figure("conn/s", "conn_per_s", 0),
@@ -33,6 +34,7 @@ fn columns(test: TestCase) -> Vec<Column> {
             Figure("p99 µs", "p99_us", 0),
             Figure("fwd CPU µs/conn", "cpu_us_per_conn", 1),
             Figure("errors", "errors", 0),
+            Figure("other CPU s", "other_cpu_s", 2),
         ],
         TestCase::Latency => vec![
             Figure("p50 µs", "p50_us", 1),
@@ -43,21 +45,23 @@ fn columns(test: TestCase) -> Vec<Column> {
             Figure("max µs", "max_us", 0),
             Figure("req/s", "achieved_per_s", 0),
             Figure("fwd CPU s", "cpu_s", 2),
+            Figure("other CPU s", "other_cpu_s", 2),
         ],
         TestCase::Idle => vec![
             Figure("relayed", "relayed", 0),
             Figure("lost up", "lost_up", 0),
             Figure("lost down", "lost_down", 0),
-            Figure("RSS KiB/conn", "rss_kib_per_conn", 2),
+            Figure("PSS KiB/conn", "pss_kib_per_conn", 2),
             ToDirect,
             ToBestPeer,
-            Figure("PSS KiB/conn", "pss_kib_per_conn", 2),
+            Figure("RSS KiB/conn", "rss_kib_per_conn", 2),
             Figure("RSS KiB/conn after 1 B", "after_io_rss_kib_per_conn", 2),
             Figure("RSS MiB", "rss_mib", 1),
             Figure("threads", "threads", 0),
             Figure("fds", "fds", 0),
             Figure("procs", "processes", 0),
             Figure("fwd CPU s", "cpu_s", 2),
+            Figure("other CPU s", "other_cpu_s", 2),
         ],
     }
 }
@@ -87,8 +91,9 @@ pub fn render(report: &Report) -> String {
     }
     let _ = writeln!(
         text,
-        "\n`× direct` and `× best peer` divide the column before them's primary figure by \
-        the no-forwarder figure and by the best of HAProxy, nginx and socat.\n"
+        "\n`× direct` and `× best peer` divide each test's primary figure (the column just \
+         before them) by the no-forwarder figure and by the best of HAProxy, nginx and socat; \
+         for latency and memory, lower is better.\n"
     );
     for test in &report.tests {
         render_test(&mut text, test);
