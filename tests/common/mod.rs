@@ -10,6 +10,7 @@
 pub mod configs;
 pub mod engine;
 pub mod netns;
+pub mod peers;
 pub mod process;
 pub mod proxy;
 pub mod traffic;
