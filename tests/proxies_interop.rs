@@ -315,8 +315,6 @@ fn socks5h_and_http_clients_reach_a_name_the_services_hosts_mapping_resolves() {
 }
 
 #[test]
-#[ignore = "engine bug: forwarder targets are resolved with the system resolver at start, \
-            not with the service's hosts mapping, so the engine does not start"]
 fn forwarder_target_named_in_the_services_hosts_mapping_is_reached() {
     let test = "forwarder_target_named_in_the_services_hosts_mapping_is_reached";
     if !netns_available(test) {

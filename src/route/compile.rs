@@ -234,9 +234,10 @@ impl Compiler<'_> {
                 attempts: 0,
             }
         };
+        let hosts = self.hosts(&place, config, whole);
         let handler = match config.handler.kind.as_str() {
             "tcp" => {
-                let targets = self.targets(&place, config, egress.as_ref());
+                let targets = self.targets(&place, config, egress.as_ref(), &hosts);
                 if config.handler.auth.is_some() {
                     self.problem(
                         &place,
@@ -294,7 +295,6 @@ impl Compiler<'_> {
             *attempts = retries.map_or(every_node_once, |retries| retries.saturating_add(1));
             handler
         });
-        let hosts = self.hosts(&place, config, whole);
 
         if self.problems.len() != problems_before {
             return None;
@@ -315,6 +315,7 @@ impl Compiler<'_> {
         place: &str,
         config: &ServiceConfig,
         egress: Option<&Egress>,
+        hosts: &[(String, std::net::IpAddr)],
     ) -> Group<Target> {
         let forwarder = config.forwarder.clone().unwrap_or_default();
         if forwarder.nodes.is_empty() {
@@ -365,7 +366,17 @@ impl Compiler<'_> {
                 continue;
             }
             // Through a chain the last proxy resolves the name, so it need not resolve here.
-            let socket_addr = match (address.resolve(), through_chain) {
+            let mapped = address.name().and_then(|name| {
+                hosts
+                    .iter()
+                    .find(|(host, _)| host == name)
+                    .map(|(_, ip)| *ip)
+            });
+            let resolved = match mapped {
+                Some(ip) => Ok(SocketAddr::new(ip, address.port())),
+                None => address.resolve(),
+            };
+            let socket_addr = match (resolved, through_chain) {
                 (Ok(addr), _) => addr,
                 (Err(_), true) => SocketAddr::from(([0, 0, 0, 0], address.port())),
                 (Err(error), false) => {
