@@ -240,9 +240,11 @@ async fn reply(service: Rc<Service>, session: Rc<Session>) {
             if let Some(slot) = session.slot.get() {
                 service.table.borrow_mut().touch(slot, Instant::now());
             }
-            let whole = (0..count).filter(|&index| match batch.datagram(index) {
-                Datagram::Whole => true,
-                Datagram::Oversize(size) => {
+            // Collected first: sending needs the batch mutably.
+            let mut whole = [0; BATCH];
+            let mut wholes = 0;
+            for index in 0..count {
+                if let Datagram::Oversize(size) = batch.datagram(index) {
                     service.stats.dropped_oversize.add(1);
                     session.dropped.add(1);
                     tracing::debug!(
@@ -251,11 +253,16 @@ async fn reply(service: Rc<Service>, session: Rc<Session>) {
                         limit = service.route.sessions.buffer_size,
                         "udp reply dropped: larger than bufferSize"
                     );
-                    false
+                } else {
+                    whole[wholes] = index;
+                    wholes += 1;
                 }
-            });
-            let whole: Vec<usize> = whole.collect();
-            let sent = batch.send(service.socket.as_raw_fd(), Some(&client), whole.into_iter());
+            }
+            // Known shortcoming: on a wildcard address (`:port`) the kernel picks the reply's
+            // source by route, which on a multi-homed host may not be the address the client
+            // sent to; IP_PKTINFO on receive, echoed as a control message here, would fix it.
+            let whole = whole[..wholes].iter().copied();
+            let sent = batch.send(service.socket.as_raw_fd(), Some(&client), whole);
             session.from_target.add(sent.sent as u64);
             service.unsent(&session, sent, "to client");
             if count < BATCH {
