@@ -4,7 +4,8 @@
 //! The data path, in the order a connection meets it: [`config`] is parsed and [`route`]
 //! compiles it; [`netns`] opens namespaces and creates sockets in them; [`executor`] accepts
 //! on each core; a [`handler`] serves the connection, reaching its destination through
-//! [`egress`] ([`dialer`] and [`connector`]); [`relay`] moves the bytes.
+//! [`egress`] ([`dialer`] and [`connector`]); [`relay`] moves the bytes. Datagrams take
+//! their own path: [`udp`] keeps a session per client and forwards them in batches.
 
 pub mod config;
 pub mod connector;
@@ -20,3 +21,4 @@ pub mod selector;
 pub mod server;
 pub mod socks5;
 pub mod stream;
+pub mod udp;

@@ -57,18 +57,33 @@ pub fn run(routes: Routes, namespaces: NamespaceTable, threads: usize) -> anyhow
             Err(error) => problems.push(format!("service \"{}\": addr: {error}", service.name)),
         }
     }
+    let mut datagram_sockets: Vec<Vec<std::net::UdpSocket>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    for service in &routes.udp_services {
+        let netns = service.netns.as_ref().map(|netns| netns.id);
+        match helper.datagram_sockets(netns, service.listen, threads) {
+            Ok(sockets) => {
+                for (executor, socket) in datagram_sockets.iter_mut().zip(sockets) {
+                    executor.push(socket);
+                }
+            }
+            Err(error) => problems.push(format!("service \"{}\": addr: {error}", service.name)),
+        }
+    }
     if !problems.is_empty() {
         bail!("cannot start: {}", problems.join("; "));
     }
 
     let cpus = executor::allowed_cpus();
     let (ready, started) = std::sync::mpsc::channel();
-    for (index, listeners) in per_executor.into_iter().enumerate() {
+    let sockets = per_executor.into_iter().zip(datagram_sockets);
+    for (index, (listeners, datagram_sockets)) in sockets.enumerate() {
         let plan = ExecutorPlan {
             index,
             cpu: (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
             routes: routes.clone(),
             listeners,
+            datagram_sockets,
             helper: helper.clone(),
         };
         executor::spawn(plan, ready.clone()).context("cannot start an executor thread")?;
@@ -91,8 +106,19 @@ pub fn run(routes: Routes, namespaces: NamespaceTable, threads: usize) -> anyhow
             "service listening"
         );
     }
+    for service in &routes.udp_services {
+        tracing::info!(
+            service = %service.name,
+            addr = %service.listen,
+            netns = service.netns.as_ref().map_or("-", |netns| &netns.name),
+            handler = "udp",
+            ttl = ?service.sessions.ttl,
+            executors = threads,
+            "service listening"
+        );
+    }
     tracing::info!(
-        services = routes.services.len(),
+        services = routes.services.len() + routes.udp_services.len(),
         executors = threads,
         driver,
         "uringgost is serving"

@@ -90,7 +90,7 @@ pub struct ServiceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandlerConfig {
-    /// Handler type: `tcp` (port forwarding), or a proxy: `http`, `socks5`, `auto`.
+    /// Handler type: `tcp` or `udp` (port forwarding), or a proxy: `http`, `socks5`, `auto`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Name of the chain that outbound connections go through.
@@ -105,7 +105,7 @@ pub struct HandlerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// Listener type: `tcp`.
+    /// Listener type: `tcp`, or `udp` for handler `udp`.
     #[serde(rename = "type")]
     pub kind: String,
 }
@@ -162,6 +162,17 @@ pub struct ServiceMetadata {
     /// Timeout for a proxy handshake, e.g. `"10s"`.
     #[serde(rename = "handshakeTimeout")]
     pub handshake_timeout: Option<String>,
+    /// UDP: how long a session may stay idle before it is closed, e.g. `"60s"`.
+    pub ttl: Option<String>,
+    /// UDP: accepted for GOST compatibility; sessions are always kept until `ttl`.
+    #[serde(rename = "keepAlive")]
+    pub keep_alive: Option<bool>,
+    /// UDP: the largest datagram forwarded, in bytes; larger ones are dropped.
+    #[serde(rename = "bufferSize")]
+    pub buffer_size: Option<u64>,
+    /// UDP: the most sessions one executor keeps for the service.
+    #[serde(rename = "maxSessions")]
+    pub max_sessions: Option<u64>,
 }
 
 /// One `[[chains]]` entry.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use socket2::SockAddr;
 
-use crate::netns::{NamespaceHelper, NamespaceId, NamespaceRef, SocketRequestError};
+use crate::netns::{NamespaceHelper, NamespaceId, NamespaceRef, SocketRequestError, Transport};
 use crate::stream::{borrow, socket_ref};
 
 /// A pool asks the helper for more sockets when it holds fewer than this.
@@ -19,14 +19,18 @@ const POOL_LOW_WATER: usize = 16;
 /// Sockets the helper creates per request.
 const POOL_BATCH: usize = 32;
 
-/// One core's pools of unconnected sockets, one pool per namespace and address family.
+/// One core's pools of unconnected sockets, one pool per namespace, transport and address
+/// family.
 ///
 /// Refills are asked for before a pool runs dry and collected without waiting, so a dial
 /// waits for the helper only when connections arrive faster than the pool refills.
 pub struct OutboundPools {
     helper: NamespaceHelper,
-    pools: RefCell<HashMap<(NamespaceId, bool), Pool>>,
+    pools: RefCell<HashMap<PoolKey, Pool>>,
 }
+
+/// Which sockets a pool holds: created in a namespace, of a transport, IPv6 or not.
+type PoolKey = (NamespaceId, Transport, bool);
 
 type Refill = flume::Receiver<Result<Vec<OwnedFd>, SocketRequestError>>;
 
@@ -47,26 +51,37 @@ impl OutboundPools {
 
     /// Fills the pool of `netns` ahead of the first dial; waits for the helper. Used at
     /// start, so that a namespace that cannot be entered is reported before serving.
-    pub fn prefill(&self, netns: NamespaceId, ipv6: bool) -> Result<(), SocketRequestError> {
+    pub fn prefill(
+        &self,
+        netns: NamespaceId,
+        transport: Transport,
+        ipv6: bool,
+    ) -> Result<(), SocketRequestError> {
         let fds = self
             .helper
-            .request_sockets(netns, ipv6, POOL_BATCH)
+            .request_sockets(netns, transport, ipv6, POOL_BATCH)
             .recv()
             .map_err(|_| SocketRequestError::Stopped)??;
         self.pools
             .borrow_mut()
-            .entry((netns, ipv6))
+            .entry((netns, transport, ipv6))
             .or_default()
             .ready
             .extend(fds);
         Ok(())
     }
 
-    /// An unconnected socket created in `netns`.
-    async fn take(&self, netns: NamespaceId, ipv6: bool) -> Result<OwnedFd, SocketRequestError> {
+    /// An unconnected socket of `transport` created in `netns`.
+    pub async fn take(
+        &self,
+        netns: NamespaceId,
+        transport: Transport,
+        ipv6: bool,
+    ) -> Result<OwnedFd, SocketRequestError> {
+        let key = (netns, transport, ipv6);
         let own_request = {
             let mut pools = self.pools.borrow_mut();
-            let pool = pools.entry((netns, ipv6)).or_default();
+            let pool = pools.entry(key).or_default();
             if let Some(refill) = &pool.refill {
                 match refill.try_recv() {
                     Ok(Ok(fds)) => {
@@ -82,14 +97,18 @@ impl OutboundPools {
                 }
             }
             if pool.ready.len() < POOL_LOW_WATER && pool.refill.is_none() {
-                pool.refill = Some(self.helper.request_sockets(netns, ipv6, POOL_BATCH));
+                let refill = self
+                    .helper
+                    .request_sockets(netns, transport, ipv6, POOL_BATCH);
+                pool.refill = Some(refill);
             }
             if let Some(fd) = pool.ready.pop() {
                 return Ok(fd);
             }
             // Dry: this dial asks for its own batch rather than sharing the refill's answer,
             // which only `take` may collect.
-            self.helper.request_sockets(netns, ipv6, POOL_BATCH)
+            self.helper
+                .request_sockets(netns, transport, ipv6, POOL_BATCH)
         };
         let mut fds = own_request
             .recv_async()
@@ -98,7 +117,7 @@ impl OutboundPools {
         let fd = fds.pop().ok_or(SocketRequestError::Stopped)?;
         self.pools
             .borrow_mut()
-            .entry((netns, ipv6))
+            .entry(key)
             .or_default()
             .ready
             .extend(fds);
@@ -116,7 +135,7 @@ pub async fn connect(
     let fd = match netns {
         None => crate::netns::outbound_socket(addr.is_ipv6())?,
         Some(netns) => pools
-            .take(netns.id, addr.is_ipv6())
+            .take(netns.id, Transport::Tcp, addr.is_ipv6())
             .await
             .map_err(io::Error::other)?,
     };

@@ -4,7 +4,7 @@
 
 mod accept;
 
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::rc::Rc;
 use std::thread::JoinHandle;
 
@@ -12,7 +12,7 @@ use anyhow::Context;
 use monoio::{FusionDriver, RuntimeBuilder};
 
 use crate::dialer::OutboundPools;
-use crate::netns::NamespaceHelper;
+use crate::netns::{NamespaceHelper, Transport};
 use crate::route::{Egress, Handler, Routes};
 
 /// Submission queue entries per executor ring.
@@ -38,6 +38,8 @@ pub struct ExecutorPlan {
     pub routes: Routes,
     /// Its listener for each service, in the order of `routes.services`.
     pub listeners: Vec<TcpListener>,
+    /// Its socket for each UDP service, in the order of `routes.udp_services`.
+    pub datagram_sockets: Vec<UdpSocket>,
     /// The namespace helper.
     pub helper: NamespaceHelper,
 }
@@ -72,15 +74,16 @@ fn run(
         cpu,
         routes,
         listeners,
+        datagram_sockets,
         helper,
     } = plan;
     if let Some(cpu) = cpu {
         pin_to(cpu).with_context(|| format!("executor {index}: cannot pin to CPU {cpu}"))?;
     }
     let pools = OutboundPools::new(helper.clone());
-    for (netns, ipv6) in outbound_namespaces(&routes) {
+    for (netns, transport, ipv6) in outbound_namespaces(&routes) {
         pools
-            .prefill(netns, ipv6)
+            .prefill(netns, transport, ipv6)
             .with_context(|| format!("executor {index}: cannot pre-open outbound sockets"))?;
     }
     let core = Rc::new(Core {
@@ -106,6 +109,17 @@ fn run(
                 listener,
             )));
         }
+        for (service, socket) in routes.udp_services.into_iter().zip(datagram_sockets) {
+            let name = service.name.clone();
+            let socket = monoio::net::udp::UdpSocket::from_std(socket).with_context(|| {
+                format!("executor {index}: service {name}: adopting the UDP socket")
+            })?;
+            accepting.push(monoio::spawn(crate::udp::serve(
+                core.clone(),
+                Rc::new(service),
+                socket,
+            )));
+        }
         let _ = ready.send(Ok(()));
         for task in accepting {
             task.await;
@@ -114,10 +128,20 @@ fn run(
     })
 }
 
-/// The namespaces (and address families) this executor dials from directly: each gets a
-/// pool of pre-opened sockets.
-fn outbound_namespaces(routes: &Routes) -> Vec<(crate::netns::NamespaceId, bool)> {
+/// The namespaces (with transports and address families) this executor dials from directly:
+/// each gets a pool of pre-opened sockets.
+fn outbound_namespaces(routes: &Routes) -> Vec<(crate::netns::NamespaceId, Transport, bool)> {
     let mut found = Vec::new();
+    for service in &routes.udp_services {
+        if let Some(netns) = &service.netns_out {
+            let families = service
+                .targets
+                .nodes
+                .iter()
+                .map(|t| t.socket_addr.is_ipv6());
+            found.extend(families.map(|ipv6| (netns.id, Transport::Udp, ipv6)));
+        }
+    }
     for service in &routes.services {
         let (egress, ipv6_targets) = match &service.handler {
             Handler::Forward {
@@ -134,14 +158,15 @@ fn outbound_namespaces(routes: &Routes) -> Vec<(crate::netns::NamespaceId, bool)
         };
         match egress {
             Egress::Direct { netns: Some(netns) } => {
-                found.extend(ipv6_targets.into_iter().map(|ipv6| (netns.id, ipv6)))
+                let families = ipv6_targets.into_iter();
+                found.extend(families.map(|ipv6| (netns.id, Transport::Tcp, ipv6)))
             }
             Egress::Direct { netns: None } => {}
             Egress::Chain(chain) => {
                 found.extend(chain.hops[0].nodes.nodes.iter().filter_map(|node| {
                     node.netns
                         .as_ref()
-                        .map(|netns| (netns.id, node.socket_addr.is_ipv6()))
+                        .map(|netns| (netns.id, Transport::Tcp, node.socket_addr.is_ipv6()))
                 }))
             }
         }

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::thread::JoinHandle;
 
@@ -17,6 +17,15 @@ use super::{NamespaceId, NamespaceTable};
 
 /// Connections a listener queues before accepting; the kernel caps it at somaxconn.
 const LISTEN_BACKLOG: i32 = 4096;
+
+/// The transport of an outbound socket the helper creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// A TCP stream socket.
+    Tcp,
+    /// A UDP datagram socket.
+    Udp,
+}
 
 /// Why the helper could not provide sockets.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +62,15 @@ enum Job {
         count: usize,
         reply: flume::Sender<Result<Vec<TcpListener>, SocketRequestError>>,
     },
+    DatagramSockets {
+        netns: Option<NamespaceId>,
+        addr: SocketAddr,
+        count: usize,
+        reply: flume::Sender<Result<Vec<UdpSocket>, SocketRequestError>>,
+    },
     Sockets {
         netns: NamespaceId,
+        transport: Transport,
         ipv6: bool,
         count: usize,
         reply: flume::Sender<Result<Vec<OwnedFd>, SocketRequestError>>,
@@ -91,29 +107,55 @@ impl NamespaceHelper {
         addr: SocketAddr,
         count: usize,
     ) -> Result<Vec<TcpListener>, SocketRequestError> {
+        self.wait_for(|reply| Job::Listeners {
+            netns,
+            addr,
+            count,
+            reply,
+        })
+    }
+
+    /// Creates `count` SO_REUSEPORT UDP sockets bound to `addr` in `netns` (or in the
+    /// process's own namespace), one per executor. Blocks until they exist; used at start.
+    pub fn datagram_sockets(
+        &self,
+        netns: Option<NamespaceId>,
+        addr: SocketAddr,
+        count: usize,
+    ) -> Result<Vec<UdpSocket>, SocketRequestError> {
+        self.wait_for(|reply| Job::DatagramSockets {
+            netns,
+            addr,
+            count,
+            reply,
+        })
+    }
+
+    /// Sends the job `make` builds around a reply channel, and blocks for the answer.
+    fn wait_for<T>(
+        &self,
+        make: impl FnOnce(flume::Sender<Result<T, SocketRequestError>>) -> Job,
+    ) -> Result<T, SocketRequestError> {
         let (reply, answer) = flume::bounded(1);
         self.jobs
-            .send(Job::Listeners {
-                netns,
-                addr,
-                count,
-                reply,
-            })
+            .send(make(reply))
             .map_err(|_| SocketRequestError::Stopped)?;
         answer.recv().map_err(|_| SocketRequestError::Stopped)?
     }
 
-    /// Asks for `count` unconnected non-blocking TCP sockets created in `netns`. Returns at
-    /// once; the answer arrives on the returned channel.
+    /// Asks for `count` unconnected non-blocking sockets of `transport` created in `netns`.
+    /// Returns at once; the answer arrives on the returned channel.
     pub fn request_sockets(
         &self,
         netns: NamespaceId,
+        transport: Transport,
         ipv6: bool,
         count: usize,
     ) -> flume::Receiver<Result<Vec<OwnedFd>, SocketRequestError>> {
         let (reply, answer) = flume::bounded(1);
         if let Err(flume::SendError(Job::Sockets { reply, .. })) = self.jobs.send(Job::Sockets {
             netns,
+            transport,
             ipv6,
             count,
             reply,
@@ -155,31 +197,32 @@ fn serve(table: &NamespaceTable, home: &File, queue: flume::Receiver<Job>) {
                 count,
                 reply,
             } => {
-                let result = within(table, home, netns, || {
-                    (0..count)
-                        .map(|_| bind_listener(addr))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .and_then(|created| {
-                    created.map_err(|(action, source)| SocketRequestError::Socket {
-                        action,
-                        addr: addr.to_string(),
-                        location: location(table, netns),
-                        source,
-                    })
-                });
+                let result = bound(table, home, netns, addr, count, bind_listener);
                 // The requester may have given up; nothing is owed to it then.
+                let _ = reply.send(result);
+            }
+            Job::DatagramSockets {
+                netns,
+                addr,
+                count,
+                reply,
+            } => {
+                let result = bound(table, home, netns, addr, count, bind_datagram);
                 let _ = reply.send(result);
             }
             Job::Sockets {
                 netns,
+                transport,
                 ipv6,
                 count,
                 reply,
             } => {
                 let result = within(table, home, Some(netns), || {
                     (0..count)
-                        .map(|_| outbound_socket(ipv6))
+                        .map(|_| match transport {
+                            Transport::Tcp => outbound_socket(ipv6),
+                            Transport::Udp => outbound_datagram_socket(ipv6),
+                        })
                         .collect::<io::Result<Vec<_>>>()
                 })
                 .and_then(|created| {
@@ -216,6 +259,30 @@ fn location(table: &NamespaceTable, netns: Option<NamespaceId>) -> String {
         .unwrap_or_default()
 }
 
+/// Runs `bind` `count` times inside `netns`, naming the address and namespace on failure.
+fn bound<S>(
+    table: &NamespaceTable,
+    home: &File,
+    netns: Option<NamespaceId>,
+    addr: SocketAddr,
+    count: usize,
+    bind: fn(SocketAddr) -> Result<S, (&'static str, io::Error)>,
+) -> Result<Vec<S>, SocketRequestError> {
+    within(table, home, netns, || {
+        (0..count)
+            .map(|_| bind(addr))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .and_then(|created| {
+        created.map_err(|(action, source)| SocketRequestError::Socket {
+            action,
+            addr: addr.to_string(),
+            location: location(table, netns),
+            source,
+        })
+    })
+}
+
 /// Runs `work` inside `netns` and returns to `home`.
 fn within<T>(
     table: &NamespaceTable,
@@ -242,8 +309,34 @@ fn within<T>(
 }
 
 fn bind_listener(addr: SocketAddr) -> Result<TcpListener, (&'static str, io::Error)> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(|error| ("create a listener for", error))?;
+    let socket = reusable_bound(addr, Type::STREAM, Protocol::TCP, "create a listener for")?;
+    // Accepted sockets inherit it, which saves a setsockopt per connection.
+    socket
+        .set_tcp_nodelay(true)
+        .map_err(|error| ("set TCP_NODELAY on", error))?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|error| ("listen on", error))?;
+    Ok(socket.into())
+}
+
+/// A non-blocking SO_REUSEPORT UDP socket bound to a service's address: the kernel hashes
+/// each client's address to one of them, so a client's datagrams stay on one executor.
+fn bind_datagram(addr: SocketAddr) -> Result<UdpSocket, (&'static str, io::Error)> {
+    let socket = reusable_bound(addr, Type::DGRAM, Protocol::UDP, "create a UDP socket for")?;
+    Ok(socket.into())
+}
+
+/// A non-blocking socket bound to `addr` with SO_REUSEPORT, so that every executor binds
+/// its own; an IPv6 one takes IPv6 only, leaving IPv4 to a service of its own.
+fn reusable_bound(
+    addr: SocketAddr,
+    kind: Type,
+    protocol: Protocol,
+    create: &'static str,
+) -> Result<Socket, (&'static str, io::Error)> {
+    let socket =
+        Socket::new(Domain::for_address(addr), kind, Some(protocol)).map_err(|e| (create, e))?;
     socket
         .set_reuse_address(true)
         .map_err(|error| ("set SO_REUSEADDR on", error))?;
@@ -255,17 +348,17 @@ fn bind_listener(addr: SocketAddr) -> Result<TcpListener, (&'static str, io::Err
             .set_only_v6(true)
             .map_err(|error| ("set IPV6_V6ONLY on", error))?;
     }
-    // Accepted sockets inherit it, which saves a setsockopt per connection.
-    socket
-        .set_tcp_nodelay(true)
-        .map_err(|error| ("set TCP_NODELAY on", error))?;
     socket
         .set_nonblocking(true)
         .map_err(|error| ("make non-blocking", error))?;
     socket.bind(&addr.into()).map_err(|error| ("bind", error))?;
-    socket
-        .listen(LISTEN_BACKLOG)
-        .map_err(|error| ("listen on", error))?;
+    Ok(socket)
+}
+
+/// An unconnected non-blocking UDP socket for one session's datagrams to its target.
+pub fn outbound_datagram_socket(ipv6: bool) -> io::Result<OwnedFd> {
+    let domain = if ipv6 { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
     Ok(socket.into())
 }
 

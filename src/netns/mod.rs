@@ -3,7 +3,9 @@
 
 mod helper;
 
-pub use helper::{NamespaceHelper, SocketRequestError, outbound_socket};
+pub use helper::{
+    NamespaceHelper, SocketRequestError, Transport, outbound_datagram_socket, outbound_socket,
+};
 
 use std::fmt;
 use std::fs::File;

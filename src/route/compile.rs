@@ -1,5 +1,7 @@
 //! Configuration to routes: every check that can fail happens here, before serving.
 
+mod udp;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -85,12 +87,22 @@ impl Compiler<'_> {
             None => RelayMode::default(),
             Some(value) => self.relay_mode("top level", "relay", value),
         };
-        let services = config
+        let (udp, connection): (Vec<_>, Vec<_>) = config
             .services
             .iter()
+            .partition(|service| service.handler.kind == "udp");
+        let services = connection
+            .into_iter()
             .filter_map(|service| self.service(service, config, default_relay))
             .collect();
-        Routes { services }
+        let udp_services = udp
+            .into_iter()
+            .filter_map(|service| self.udp_service(service, config))
+            .collect();
+        Routes {
+            services,
+            udp_services,
+        }
     }
 
     fn unique_names<'n>(&mut self, table: &str, names: impl Iterator<Item = &'n str>) {
@@ -155,13 +167,7 @@ impl Compiler<'_> {
         let place = format!("service \"{}\"", config.name);
         let problems_before = self.problems.len();
 
-        let listen = match Address::parse(&config.addr).and_then(|address| address.resolve()) {
-            Ok(addr) => Some(addr),
-            Err(error) => {
-                self.problem(&place, "addr", error);
-                None
-            }
-        };
+        let listen = self.listen_address(&place, &config.addr);
         if config.listener.kind != "tcp" {
             self.problem(
                 &place,
@@ -173,6 +179,7 @@ impl Compiler<'_> {
             );
         }
         let metadata = &config.metadata;
+        self.no_udp_keys(&place, config);
         let netns = self.namespace(&place, "metadata.netns", metadata.netns.as_deref());
         let netns_out = self.namespace(&place, "metadata.netns.out", metadata.netns_out.as_deref());
         let relay = match &metadata.relay {
@@ -277,7 +284,9 @@ impl Compiler<'_> {
                 self.problem(
                     &place,
                     "handler.type",
-                    format!("\"{other}\" is not a handler type; valid: tcp, http, socks5, auto"),
+                    format!(
+                        "\"{other}\" is not a handler type; valid: tcp, udp, http, socks5, auto"
+                    ),
                 );
                 None
             }
@@ -322,8 +331,11 @@ impl Compiler<'_> {
             self.problem(
                 place,
                 "forwarder.nodes",
-                "handler tcp needs at least one target: add [[services.forwarder.nodes]] with \
-                 name and addr",
+                format!(
+                    "handler {} needs at least one target: add [[services.forwarder.nodes]] \
+                     with name and addr",
+                    config.handler.kind
+                ),
             );
         }
         let selector = self.selector(place, "forwarder.selector", forwarder.selector.as_ref());

@@ -5,8 +5,10 @@
 //! and nothing is looked up by name while serving.
 
 mod compile;
+mod udp;
 
 pub use compile::{CompileError, compile};
+pub use udp::{SessionLimits, UdpService};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,8 +22,10 @@ use crate::selector::Group;
 /// Everything a process serves.
 #[derive(Debug, Clone)]
 pub struct Routes {
-    /// The services, in configuration order.
+    /// The connection services (tcp, http), in configuration order.
     pub services: Vec<Service>,
+    /// The datagram services (udp), in configuration order.
+    pub udp_services: Vec<UdpService>,
 }
 
 /// A compiled service.
@@ -176,6 +180,9 @@ pub enum Dialer {
 impl fmt::Display for Routes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for service in &self.services {
+            write!(f, "{service}")?;
+        }
+        for service in &self.udp_services {
             write!(f, "{service}")?;
         }
         Ok(())

@@ -29,11 +29,25 @@ impl Engine {
 
     /// Starts the engine in `netns` without waiting for anything.
     pub fn spawn(netns: &Netns, config: &str, args: &[&str]) -> Engine {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns.name(), BIN]);
+        Engine::launch(command, config, args)
+    }
+
+    /// Starts the engine in the test process's own namespace, for tests that stay on
+    /// loopback and need no root, and waits until it logs [`SERVING`].
+    pub fn start_here(config: &str, args: &[&str]) -> Engine {
+        let engine = Engine::launch(Command::new(BIN), config, args);
+        engine.process.wait_for_line(SERVING, STEP_TIMEOUT);
+        engine
+    }
+
+    /// Runs `command` (the engine, or what execs it) with a config file holding `config`.
+    fn launch(mut command: Command, config: &str, args: &[&str]) -> Engine {
         let config_dir = TempDir::new();
         let config_file = config_dir.write("uringgost.toml", config);
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", netns.name(), BIN, "--config"]);
-        command.arg(&config_file).args(args).env("NO_COLOR", "1");
+        command.arg("--config").arg(&config_file).args(args);
+        command.env("NO_COLOR", "1");
         let process = ChildProcess::spawn("uringgost", command);
         Engine {
             process,
