@@ -81,7 +81,7 @@ fn run(args: &Args) -> Result<()> {
             let mut notes = notes(&plan);
             notes.push(format!(
                 "load average before the run {load_before}, after it {load_after} (other work \
-                 on the machine shows here)"
+                 on the machine shows here, and so do socat's thousands of processes)"
             ));
             notes
         },

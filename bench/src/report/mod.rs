@@ -137,6 +137,19 @@ fn summarize(plan: &Plan, test: TestCase, samples: &[Sample]) -> TestSummary {
         })
         .collect();
 
+    add_ratios(&mut rows, primary, higher_is_better);
+    TestSummary {
+        name,
+        description: test.description(plan),
+        primary,
+        higher_is_better,
+        rows,
+        test,
+    }
+}
+
+/// Sets each row's primary figure over direct's and over the best peer's.
+fn add_ratios(rows: &mut [Row], primary: &str, higher_is_better: bool) {
     let primary_of = |row: &Row| {
         row.medians
             .get(primary)
@@ -159,19 +172,11 @@ fn summarize(plan: &Plan, test: TestCase, samples: &[Sample]) -> TestSummary {
             best
         }
     });
-    for row in &mut rows {
+    for row in rows {
         if let Some(value) = primary_of(row) {
             row.to_direct = direct.map(|direct| value / direct);
             row.to_best_peer = best_peer.map(|best| value / best);
         }
-    }
-    TestSummary {
-        name,
-        description: test.description(plan),
-        primary,
-        higher_is_better,
-        rows,
-        test,
     }
 }
 
@@ -233,7 +238,56 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::*;
+
+    fn row(contender: &str, primary: Option<f64>) -> Row {
+        let mut medians = Figures::new();
+        if let Some(value) = primary {
+            medians.insert("p99_us".into(), value);
+        }
+        let status = if primary.is_some() { "ok" } else { "failed" };
+        Row {
+            contender: contender.into(),
+            status,
+            note: None,
+            rounds_measured: u32::from(primary.is_some()),
+            medians,
+            to_direct: None,
+            to_best_peer: None,
+        }
+    }
+
+    #[test]
+    fn ratios_compare_with_direct_and_the_best_peer_where_lower_is_better() {
+        let mut rows = vec![
+            row("direct", Some(50.0)),
+            row("uringgost", Some(100.0)),
+            row("haproxy", Some(200.0)),
+            row("nginx", Some(80.0)),
+            row("socat", None),
+        ];
+        add_ratios(&mut rows, "p99_us", false);
+        assert_eq!(rows[1].to_direct, Some(2.0));
+        assert_eq!(rows[1].to_best_peer, Some(1.25));
+        assert_eq!(rows[3].to_best_peer, Some(1.0));
+        assert_eq!(rows[4].to_direct, None);
+    }
+
+    #[test]
+    fn a_contender_failing_every_round_is_reported_failed_with_the_reason() {
+        let sample = Sample {
+            round: 1,
+            test: "connrate".into(),
+            contender: "haproxy".into(),
+            outcome: Outcome::Failed {
+                error: "exited during start-up".into(),
+            },
+        };
+        let row = summarize_row(ContenderKind::Haproxy, &[&sample]);
+        assert_eq!(row.status, "failed");
+        assert_eq!(row.note.as_deref(), Some("round 1: exited during start-up"));
+        assert!(row.medians.is_empty());
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

@@ -316,6 +316,7 @@ fn nice_ceiling(value: f64) -> f64 {
 /// A value in few characters: 12.3, 4.5k, 1.2M.
 fn short(value: f64) -> String {
     match value {
+        0.0 => "0".to_owned(),
         v if v >= 1e6 => format!("{:.1}M", v / 1e6),
         v if v >= 1e4 => format!("{:.0}k", v / 1e3),
         v if v >= 1e3 => format!("{:.1}k", v / 1e3),
