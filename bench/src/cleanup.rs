@@ -71,6 +71,12 @@ pub fn delete_namespace(name: &str) -> Result<()> {
 /// `pre_exec` (see [`unblock_signals_in_child`]).
 pub fn install_signal_cleanup() -> Result<()> {
     let set = cleanup_signals();
+    // An ignored signal is discarded, never pending, so sigwait would not see it (a shell
+    // starts background jobs with SIGINT ignored). Blocked, the default action never runs.
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: SIG_DFL is a valid disposition for these signals.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
     // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
