@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 
 use monoio::net::TcpStream;
 
-use crate::stream::{recv, shutdown_write, write_all};
+use crate::stream::{recv, write_all};
 
 /// Buffer size of the buffered relay.
 const LARGE: usize = 64 * 1024;
@@ -61,16 +61,20 @@ impl Size {
 
 /// How a buffered copy ended.
 pub(super) enum Ended {
-    /// The source ended and the destination's write half was shut down.
+    /// The source ended.
     Eof(u64),
     /// A read filled the whole buffer: the stream is a bulk transfer (adaptive relay only).
     Bulk(u64),
 }
 
-/// Copies `source` to `destination` until `source` ends, then shuts down `destination`'s
-/// write half. Returns the bytes copied.
-pub(super) async fn copy(source: &TcpStream, destination: &TcpStream) -> io::Result<u64> {
-    match copy_with(source, destination, Size::Large, false).await? {
+/// Copies `source` to `destination` until `source` ends. Returns the bytes copied.
+/// `wait_first`: wait for readiness before the first read, when no data is expected yet.
+pub(super) async fn copy(
+    source: &TcpStream,
+    destination: &TcpStream,
+    wait_first: bool,
+) -> io::Result<u64> {
+    match copy_with(source, destination, Size::Large, false, wait_first).await? {
         Ended::Eof(copied) | Ended::Bulk(copied) => Ok(copied),
     }
 }
@@ -79,8 +83,9 @@ pub(super) async fn copy(source: &TcpStream, destination: &TcpStream) -> io::Res
 pub(super) async fn copy_until_bulk(
     source: &TcpStream,
     destination: &TcpStream,
+    wait_first: bool,
 ) -> io::Result<Ended> {
-    copy_with(source, destination, Size::Small, true).await
+    copy_with(source, destination, Size::Small, true, wait_first).await
 }
 
 async fn copy_with(
@@ -88,35 +93,50 @@ async fn copy_with(
     destination: &TcpStream,
     size: Size,
     stop_at_bulk: bool,
+    wait_first: bool,
 ) -> io::Result<Ended> {
     let mut copied = 0u64;
     let mut buffer = None;
+    // After a short read the socket is most likely drained: waiting for readiness first (an
+    // io_uring POLL_ADD, submitted together with every other connection's) saves a recv(2)
+    // that would only say EAGAIN.
+    let mut drained = wait_first;
     loop {
+        if drained {
+            source.readable(false).await?;
+            drained = false;
+        }
         let chunk = buffer.get_or_insert_with(|| size.take());
         match recv(source.as_raw_fd(), chunk) {
             Ok(0) => {
                 if let Some(chunk) = buffer.take() {
                     size.give_back(chunk);
                 }
-                shutdown_write(destination)?;
                 return Ok(Ended::Eof(copied));
             }
             Ok(read) => {
                 write_all(destination, &chunk[..read]).await?;
                 copied += read as u64;
-                if stop_at_bulk && read == chunk.len() {
+                let full = read == chunk.len();
+                if stop_at_bulk && full {
                     if let Some(chunk) = buffer.take() {
                         size.give_back(chunk);
                     }
                     return Ok(Ended::Bulk(copied));
                 }
+                if !full {
+                    // Idle until the next readiness: hold no buffer while waiting.
+                    if let Some(chunk) = buffer.take() {
+                        size.give_back(chunk);
+                    }
+                    drained = true;
+                }
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                // Idle: hold no buffer while waiting.
                 if let Some(chunk) = buffer.take() {
                     size.give_back(chunk);
                 }
-                source.readable(false).await?;
+                drained = true;
             }
             Err(error) => return Err(error),
         }

@@ -8,12 +8,15 @@ mod buffered;
 mod splice;
 mod uring_splice;
 
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::pin::pin;
 use std::str::FromStr;
 
 use monoio::net::TcpStream;
+
+use crate::stream::shutdown_write;
 
 /// How a relay moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -87,10 +90,10 @@ pub async fn relay(
     upstream: &TcpStream,
     mode: RelayMode,
 ) -> Result<Transfer, RelayError> {
-    let up = pin!(copy(client, upstream, mode));
-    let down = pin!(copy(upstream, client, mode));
-    let mut up = up;
-    let mut down = down;
+    let ended = Cell::new(false);
+    // The client's request is usually waiting already; the upstream's answer is not.
+    let mut up = pin!(copy(client, upstream, mode, false, &ended));
+    let mut down = pin!(copy(upstream, client, mode, true, &ended));
     monoio::select! {
         sent = &mut up => {
             let sent = sent.map_err(RelayError::Upstream)?;
@@ -105,18 +108,31 @@ pub async fn relay(
     }
 }
 
-async fn copy(source: &TcpStream, destination: &TcpStream, mode: RelayMode) -> io::Result<u64> {
-    match mode {
-        RelayMode::Auto => match buffered::copy_until_bulk(source, destination).await? {
-            buffered::Ended::Eof(copied) => Ok(copied),
-            buffered::Ended::Bulk(copied) => Ok(copied + splice::copy(source, destination).await?),
+/// One direction, to the source's end, which is passed on as a shutdown of the
+/// destination's write half. The direction that ends second skips that: both sockets are
+/// closed right after, and the close sends the same FIN.
+async fn copy(
+    source: &TcpStream,
+    destination: &TcpStream,
+    mode: RelayMode,
+    wait_first: bool,
+    other_ended: &Cell<bool>,
+) -> io::Result<u64> {
+    let copied = match mode {
+        RelayMode::Auto => match buffered::copy_until_bulk(source, destination, wait_first).await? {
+            buffered::Ended::Eof(copied) => copied,
+            buffered::Ended::Bulk(copied) => copied + splice::copy(source, destination).await?,
         },
-        RelayMode::Splice => splice::copy(source, destination).await,
-        RelayMode::Buffered => buffered::copy(source, destination).await,
+        RelayMode::Splice => splice::copy(source, destination).await?,
+        RelayMode::Buffered => buffered::copy(source, destination, wait_first).await?,
         // On the epoll fallback the op would be a blocking splice(2) on the executor.
         RelayMode::UringSplice if !monoio::utils::detect_uring() => {
-            splice::copy(source, destination).await
+            splice::copy(source, destination).await?
         }
-        RelayMode::UringSplice => uring_splice::copy(source, destination).await,
+        RelayMode::UringSplice => uring_splice::copy(source, destination).await?,
+    };
+    if !other_ended.replace(true) {
+        shutdown_write(destination)?;
     }
+    Ok(copied)
 }

@@ -10,7 +10,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use monoio::net::TcpStream;
 
-use crate::stream::shutdown_write;
 
 /// Idle pipes a core keeps for reuse; beyond this they are closed.
 const POOL_LIMIT: usize = 128;
@@ -72,8 +71,7 @@ impl Pipe {
     }
 }
 
-/// Copies `source` to `destination` until `source` ends, then shuts down `destination`'s
-/// write half. Returns the bytes copied.
+/// Copies `source` to `destination` until `source` ends. Returns the bytes copied.
 pub(super) async fn copy(source: &TcpStream, destination: &TcpStream) -> io::Result<u64> {
     let mut copied = 0u64;
     loop {
@@ -82,7 +80,6 @@ pub(super) async fn copy(source: &TcpStream, destination: &TcpStream) -> io::Res
         match filled {
             Ok(0) => {
                 pipe.give_back();
-                shutdown_write(destination)?;
                 return Ok(copied);
             }
             Ok(filled) => pipe.held = filled,

@@ -9,13 +9,12 @@ use std::io;
 use monoio::io::splice::{SpliceDestination, SpliceSource};
 use monoio::net::TcpStream;
 
-use crate::stream::{borrow, shutdown_write};
+use crate::stream::borrow;
 
 /// Bytes asked for per splice.
 const CHUNK: u32 = 64 * 1024;
 
-/// Copies `source` to `destination` with SPLICE ops until `source` ends, then shuts down
-/// `destination`'s write half.
+/// Copies `source` to `destination` with SPLICE ops until `source` ends.
 pub(super) async fn copy(source: &TcpStream, destination: &TcpStream) -> io::Result<u64> {
     // The ops need exclusive handles; duplicated descriptors give this direction its own.
     let mut reader = duplicate(source)?;
@@ -25,7 +24,6 @@ pub(super) async fn copy(source: &TcpStream, destination: &TcpStream) -> io::Res
     loop {
         let mut held = reader.splice_to_pipe(&mut pipe_in, CHUNK).await?;
         if held == 0 {
-            shutdown_write(destination)?;
             return Ok(copied);
         }
         copied += u64::from(held);
