@@ -132,13 +132,25 @@ pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
-    let fd = match netns {
-        None => crate::netns::outbound_socket(addr.is_ipv6())?,
-        Some(netns) => pools
-            .take(netns.id, Transport::Tcp, addr.is_ipv6())
-            .await
-            .map_err(io::Error::other)?,
+    let timed_out = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?}"),
+        )
     };
+    let Some(netns) = netns else {
+        // In the process's own namespace the runtime's CONNECT op does it in one submission,
+        // with the outcome in its completion.
+        let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(addr))
+            .await
+            .map_err(|_| timed_out())??;
+        stream.set_nodelay(true)?;
+        return Ok(stream);
+    };
+    let fd = pools
+        .take(netns.id, Transport::Tcp, addr.is_ipv6())
+        .await
+        .map_err(io::Error::other)?;
     let socket = socket2::Socket::from(fd);
     match socket.connect(&SockAddr::from(addr)) {
         Ok(()) => {}
@@ -146,15 +158,9 @@ pub async fn connect(
         Err(error) => return Err(error),
     }
     let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
-    match monoio::time::timeout(timeout, stream.writable(false)).await {
-        Ok(ready) => ready?,
-        Err(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no answer within {timeout:?}"),
-            ));
-        }
-    }
+    monoio::time::timeout(timeout, stream.writable(false))
+        .await
+        .map_err(|_| timed_out())??;
     if let Some(error) = socket_ref(&borrow(&stream)).take_error()? {
         return Err(error);
     }

@@ -119,10 +119,12 @@ async fn copy(
     other_ended: &Cell<bool>,
 ) -> io::Result<u64> {
     let copied = match mode {
-        RelayMode::Auto => match buffered::copy_until_bulk(source, destination, wait_first).await? {
-            buffered::Ended::Eof(copied) => copied,
-            buffered::Ended::Bulk(copied) => copied + splice::copy(source, destination).await?,
-        },
+        RelayMode::Auto => {
+            match buffered::copy_until_bulk(source, destination, wait_first).await? {
+                buffered::Ended::Eof(copied) => copied,
+                buffered::Ended::Bulk(copied) => copied + splice::copy(source, destination).await?,
+            }
+        }
         RelayMode::Splice => splice::copy(source, destination).await?,
         RelayMode::Buffered => buffered::copy(source, destination, wait_first).await?,
         // On the epoll fallback the op would be a blocking splice(2) on the executor.

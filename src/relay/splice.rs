@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use monoio::net::TcpStream;
 
+use crate::stream::{borrow, socket_ref};
 
 /// Idle pipes a core keeps for reuse; beyond this they are closed.
 const POOL_LIMIT: usize = 128;
@@ -73,6 +74,11 @@ impl Pipe {
 
 /// Copies `source` to `destination` until `source` ends. Returns the bytes copied.
 pub(super) async fn copy(source: &TcpStream, destination: &TcpStream) -> io::Result<u64> {
+    // splice(2) honours SPLICE_F_NONBLOCK only on the pipe side; the sockets must be in
+    // non-blocking mode themselves. The runtime's own connect leaves them blocking.
+    for stream in [source, destination] {
+        socket_ref(&borrow(stream)).set_nonblocking(true)?;
+    }
     let mut copied = 0u64;
     loop {
         let mut pipe = Pipe::take()?;
