@@ -32,7 +32,9 @@ pub(super) async fn serve(
             .expect("targets exist");
         tried_targets.add(index);
         let target = &targets.nodes[index];
-        let opened = egress::open(
+        // Boxed: the setup's state is freed before the relay, which is what an idle
+        // connection keeps.
+        let opened = Box::pin(egress::open(
             &core.pools,
             egress,
             &target.address,
@@ -40,7 +42,7 @@ pub(super) async fn serve(
             peer.ip(),
             &mut tried_hop_nodes,
             service.timeouts,
-        )
+        ))
         .await;
         let upstream = match opened {
             Ok(upstream) => upstream,

@@ -53,7 +53,8 @@ pub async fn serve(core: Rc<Core>, service: Rc<Service>, client: TcpStream, peer
                 client: &client,
                 peer,
             };
-            proxy.serve(*protocol).await
+            // Boxed so that the handshake state of proxies does not size every forward.
+            Box::pin(proxy.serve(*protocol)).await
         }
     };
     match result {

@@ -131,7 +131,8 @@ async fn copy(
         RelayMode::UringSplice if !monoio::utils::detect_uring() => {
             splice::copy(source, destination).await?
         }
-        RelayMode::UringSplice => uring_splice::copy(source, destination).await?,
+        // Boxed: its futures are large, and it is there for comparison only.
+        RelayMode::UringSplice => Box::pin(uring_splice::copy(source, destination)).await?,
     };
     if !other_ended.replace(true) {
         shutdown_write(destination)?;
