@@ -71,3 +71,45 @@ fn netns_out_maps_port_8000_in_ns1_to_port_8000_in_ns2() {
     // Dialed from inside ns2, the local address is the source; from D it would be 10.0.1.11.
     assert_eq!(peer.ip(), NS2_VETH3);
 }
+
+#[test]
+fn dials_from_netns_out_keep_working_after_that_namespace_is_deleted() {
+    let test = "dials_from_netns_out_keep_working_after_that_namespace_is_deleted";
+    if !netns_available(test) {
+        return;
+    }
+    // More connections than one pool batch holds, so sockets are created in the deleted
+    // namespace after it is gone from /run/netns.
+    const AFTER: usize = 40;
+    let topology = Topology::doc();
+    let target = addr(NS2_VETH3, 8000);
+    let in_ns2 = echo_server(topology.ns2.name(), target, 1 + AFTER);
+    let (ns1, ns2) = (topology.ns1.name(), topology.ns2.name());
+    let config = configs::forward("service-0", doc_service(), ns1, Some(ns2), None, target);
+    let _engine = Engine::start(&topology.d, &config, &[]);
+    let ns1 = ns1.to_owned();
+    let pattern = Pattern::new(4);
+    let before = {
+        let ns1 = ns1.clone();
+        topology.ns1.spawn("client", move || {
+            exchange(connect(doc_service()), &ns1, pattern, LEN)
+        })
+    };
+    assert_eq!(before.join(STEP_TIMEOUT).received, pattern.digest(LEN));
+
+    let deleted = std::process::Command::new("ip")
+        .args(["netns", "del", ns2])
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    assert!(!topology.ns2.path().exists());
+
+    let after = topology.ns1.spawn("client", move || {
+        (0..AFTER)
+            .map(|_| exchange(connect(doc_service()), &ns1, pattern, 4096).received)
+            .collect::<Vec<_>>()
+    });
+    let received = after.join(STEP_TIMEOUT);
+    assert_eq!(received, vec![pattern.digest(4096); AFTER]);
+    assert_eq!(in_ns2.join(STEP_TIMEOUT).len(), 1 + AFTER);
+}
