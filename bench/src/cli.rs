@@ -25,16 +25,18 @@ pub struct Args {
     )]
     pub rounds: u32,
 
-    /// Worker threads (or processes) each forwarder gets.
+    /// Worker threads (or processes) each forwarder gets; a list (`1,2`) runs every
+    /// forwarder at each count and adds a scaling table (count over the first count).
     #[arg(
         long,
-        default_value_t = 1,
+        value_delimiter = ',',
+        default_value = "1",
         value_parser = clap::value_parser!(u32).range(1..=64)
     )]
-    pub threads: u32,
+    pub threads: Vec<u32>,
 
-    /// Contenders, comma-separated: direct, uringgost, uringgost-splice, uringgost-buffered,
-    /// haproxy, nginx, socat.
+    /// Contenders, comma-separated: direct, uringgost, uringgost-auto, uringgost-splice,
+    /// uringgost-buffered, uringgost-uring-splice, haproxy, nginx, socat.
     #[arg(
         long,
         value_delimiter = ',',
@@ -58,7 +60,8 @@ pub struct Args {
     #[arg(long, default_value = "perf/results")]
     pub out: PathBuf,
 
-    /// CPUs every forwarder is pinned to (e.g. `1` or `1-3`); default: all but CPU 0.
+    /// CPUs every forwarder is pinned to (e.g. `1` or `1-3`); default: all but CPU 0, or all
+    /// CPUs for a thread count larger than that.
     #[arg(long)]
     pub forwarder_cpus: Option<String>,
 
@@ -139,8 +142,8 @@ pub struct Plan {
     pub suite: Suite,
     /// Rounds to run.
     pub rounds: u32,
-    /// Threads per forwarder.
-    pub threads: u32,
+    /// Thread counts per forwarder, each run in turn (distinct, in the order given).
+    pub threads: Vec<u32>,
     /// Contenders in the order given.
     pub contenders: Vec<ContenderKind>,
     /// Tests in the order given.
@@ -149,8 +152,10 @@ pub struct Plan {
     pub uringgost: PathBuf,
     /// Results root.
     pub out: PathBuf,
-    /// CPUs for the forwarders.
-    pub forwarder_cpus: CpuSet,
+    /// CPUs for the forwarders, when `--forwarder-cpus` names them.
+    pub forwarder_cpus_option: Option<CpuSet>,
+    /// CPUs online.
+    pub online_cpus: usize,
     /// CPUs for load generators and sinks.
     pub load_cpus: CpuSet,
     /// Connections in the idle-scale test.
@@ -193,15 +198,24 @@ impl Plan {
             Some(text) => CpuSet::parse(text).context("--load-cpus")?,
             None => CpuSet::from_cpus(vec![0]),
         };
-        let forwarder_cpus = match &args.forwarder_cpus {
-            Some(text) => CpuSet::parse(text).context("--forwarder-cpus")?,
-            None if online > 1 => CpuSet::from_cpus((1..online).collect()),
-            None => CpuSet::from_cpus(vec![0]),
+        let forwarder_cpus_option = match &args.forwarder_cpus {
+            Some(text) => Some(CpuSet::parse(text).context("--forwarder-cpus")?),
+            None => None,
         };
+        let mut threads = Vec::new();
+        for count in &args.threads {
+            if !threads.contains(count) {
+                threads.push(*count);
+            }
+        }
+        if threads.is_empty() {
+            bail!("--threads is empty; give a count such as 1 or a list such as 1,2");
+        }
         for (option, set) in [
-            ("--load-cpus", &load_cpus),
-            ("--forwarder-cpus", &forwarder_cpus),
+            ("--load-cpus", Some(&load_cpus)),
+            ("--forwarder-cpus", forwarder_cpus_option.as_ref()),
         ] {
+            let Some(set) = set else { continue };
             if let Some(cpu) = set.cpus().iter().find(|cpu| **cpu >= online) {
                 bail!(
                     "{option} names CPU {cpu}, but this machine has CPUs 0-{}",
@@ -236,12 +250,13 @@ impl Plan {
         Ok(Plan {
             suite: args.suite,
             rounds: args.rounds,
-            threads: args.threads,
+            threads,
             contenders,
             tests,
             uringgost: args.uringgost.clone(),
             out: args.out.clone(),
-            forwarder_cpus,
+            forwarder_cpus_option,
+            online_cpus: online,
             load_cpus,
             idle_conns,
             latency_rate: args.latency_rate,
@@ -249,5 +264,28 @@ impl Plan {
             nofile_limit,
             adjustments,
         })
+    }
+
+    /// The CPUs a forwarder with `threads` threads is pinned to: `--forwarder-cpus` if given,
+    /// else every CPU but the load generators' first while that leaves one per thread, else
+    /// every CPU (the forwarder then competes with the load generators and sinks).
+    pub fn forwarder_cpus(&self, threads: u32) -> CpuSet {
+        if let Some(set) = &self.forwarder_cpus_option {
+            return set.clone();
+        }
+        let spare = self.online_cpus.saturating_sub(1);
+        if spare >= threads as usize && spare > 0 {
+            CpuSet::from_cpus((1..self.online_cpus).collect())
+        } else {
+            CpuSet::from_cpus((0..self.online_cpus).collect())
+        }
+    }
+
+    /// Whether the forwarder at `threads` threads shares a CPU with the load generators.
+    pub fn shares_load_cpus(&self, threads: u32) -> bool {
+        self.forwarder_cpus(threads)
+            .cpus()
+            .iter()
+            .any(|cpu| self.load_cpus.cpus().contains(cpu))
     }
 }

@@ -73,8 +73,8 @@ fn run(args: &Args) -> Result<()> {
         started_utc,
         suite: plan.suite,
         rounds: plan.rounds,
-        threads: plan.threads,
-        forwarder_cpus: plan.forwarder_cpus.to_string(),
+        threads: plan.threads.clone(),
+        forwarder_cpus: forwarder_cpus(&plan),
         load_cpus: plan.load_cpus.to_string(),
         machine: MachineInfo::collect(),
         notes: {
@@ -114,18 +114,49 @@ fn notes(plan: &Plan) -> Vec<String> {
          HTTP CONNECT proxy to stand as the chain's hop"
             .to_owned(),
     ];
+    if plan
+        .tests
+        .iter()
+        .any(|test| matches!(test, runner::TestCase::Udp(_)))
+    {
+        notes.push(
+            "udp-* tests: HAProxy has no UDP proxy; the forced relay modes of uringgost are TCP \
+             settings, so the `uringgost` row is its UDP path; socat runs \
+             `UDP4-LISTEN:port,fork,reuseaddr UDP4:sink` (a child per client address), nginx \
+             `listen udp reuseport` with `proxy_timeout 60s` and no `proxy_responses` limit, \
+             uringgost a udp service with `ttl = \"60s\"`; every forwarder is first checked to \
+             relay a reply (an echo through it) before it is loaded"
+                .to_owned(),
+        );
+    }
     notes.extend(plan.adjustments.iter().cloned());
     notes.push(format!(
         "RLIMIT_NOFILE {} for the harness and every contender",
         plan.nofile_limit
     ));
-    if plan
-        .forwarder_cpus
-        .cpus()
-        .iter()
-        .any(|cpu| plan.load_cpus.cpus().contains(cpu))
-    {
-        notes.push("forwarder and load CPUs overlap: figures include contention".to_owned());
+    for &threads in &plan.threads {
+        if plan.shares_load_cpus(threads) {
+            notes.push(format!(
+                "with {threads} thread(s) the forwarder runs on CPU(s) {} and shares them with \
+                 the load generators and sinks (CPU(s) {}): its figures include that contention, \
+                 and a scaling ratio below the thread count partly measures it",
+                plan.forwarder_cpus(threads),
+                plan.load_cpus
+            ));
+        }
     }
     notes
+}
+
+/// The forwarder CPUs per thread count, e.g. `1` or `1 (1 thread), 0-1 (2 threads)`.
+fn forwarder_cpus(plan: &Plan) -> String {
+    if let [threads] = plan.threads[..] {
+        return plan.forwarder_cpus(threads).to_string();
+    }
+    let per_count: Vec<String> = plan
+        .threads
+        .iter()
+        .map(|&threads| format!("{} ({threads} thread(s))", plan.forwarder_cpus(threads)))
+        .collect();
+    per_count.join(", ")
 }

@@ -17,6 +17,9 @@ pub struct Resources {
     pub pss_kib: u64,
     /// Threads, including io_uring's io-wq workers, which belong to their process.
     pub threads: u64,
+    /// Of those, io-wq workers (`iou-wrk-*`): kernel threads an io_uring parks a blocking
+    /// operation on, each with its own kernel stack.
+    pub io_wq_threads: u64,
     /// Open file descriptors.
     pub fds: u64,
 }
@@ -72,7 +75,9 @@ pub fn resources(root: i32) -> Resources {
         if let Ok(rollup) = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
             total.pss_kib += kib_field(&rollup, "Pss:");
         }
-        total.threads += count_entries(&format!("/proc/{pid}/task"));
+        let (threads, io_wq_threads) = count_threads(pid);
+        total.threads += threads;
+        total.io_wq_threads += io_wq_threads;
         total.fds += count_entries(&format!("/proc/{pid}/fd"));
     }
     total
@@ -124,12 +129,60 @@ pub fn machine_busy_seconds() -> f64 {
     busy as f64 / clock_ticks_per_second()
 }
 
+/// Datagrams the kernel dropped at UDP sockets bound to `port` in the caller's network
+/// namespace (the `drops` column of /proc/net/udp and udp6, summed over every socket on the
+/// port: a forwarder's SO_REUSEPORT sockets, say). Drops happen when a socket's receive
+/// buffer is full, so this says whose reading fell behind.
+pub fn udp_drops_on_port(port: u16) -> u64 {
+    let mut drops = 0;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|address| address.rsplit_once(':'))
+                .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
+            if local_port == Some(port) {
+                drops += fields
+                    .last()
+                    .and_then(|value| value.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    drops
+}
+
 fn kib_field(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|value| value.parse().ok())
         .unwrap_or(0)
+}
+
+/// Threads of `pid`, and how many of them are io-wq workers (by their `comm`).
+fn count_threads(pid: i32) -> (u64, u64) {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    let (mut threads, mut io_wq) = (0, 0);
+    for task in tasks.flatten() {
+        threads += 1;
+        let comm = fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("iou-wrk") {
+            io_wq += 1;
+        }
+    }
+    (threads, io_wq)
+}
+
+/// The machine's kernel stacks in KiB (`KernelStack` in /proc/meminfo): every thread has
+/// one, io-wq workers included, and no process's RSS or PSS shows them.
+pub fn kernel_stack_kib() -> u64 {
+    let text = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    kib_field(&text, "KernelStack:")
 }
 
 fn count_entries(dir: &str) -> u64 {

@@ -18,6 +18,8 @@ use crate::topology::{Endpoint, NamespaceChain};
 const CONNRATE_CLIENTS: usize = 32;
 /// Persistent connections of the latency test.
 const LATENCY_CONNECTIONS: u32 = 64;
+/// Client sockets of the UDP tests, each a session of its own in the forwarder.
+const UDP_CLIENTS: usize = 4;
 
 /// One test of the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,8 @@ pub enum TestCase {
     ChainBulk(Direction, u32),
     /// Connection rate through the namespace chain.
     ChainConnectionRate,
+    /// One-way UDP forwarding rate with datagrams of this many payload bytes.
+    Udp(u32),
 }
 
 impl TestCase {
@@ -51,6 +55,8 @@ impl TestCase {
             TestCase::ChainBulk(Upload, 1),
             TestCase::ChainBulk(Download, 1),
             TestCase::ChainConnectionRate,
+            TestCase::Udp(64),
+            TestCase::Udp(1400),
         ]
     }
 
@@ -67,6 +73,7 @@ impl TestCase {
             TestCase::Idle => "idle".into(),
             TestCase::ChainBulk(way, streams) => format!("ns-bulk-{}-{streams}", direction(way)),
             TestCase::ChainConnectionRate => "ns-connrate".into(),
+            TestCase::Udp(payload) => format!("udp-{payload}"),
         }
     }
 
@@ -120,6 +127,13 @@ impl TestCase {
                 "connection rate as `connrate`, {CONNRATE_CLIENTS} clients, through the namespace \
                  chain"
             ),
+            TestCase::Udp(payload) => format!(
+                "{UDP_CLIENTS} UDP client sockets (a session each) send {payload} B datagrams \
+                 as fast as one sender thread can (sendmmsg, round robin) for {seconds} s on \
+                 loopback; the sink counts arrivals (recvmmsg, {} MiB receive buffer); loss is \
+                 1 - received/sent in the window",
+                crate::sink::UDP_RECEIVE_BUFFER >> 20
+            ),
         }
     }
 
@@ -131,6 +145,7 @@ impl TestCase {
             TestCase::Latency => ("p99_us", false),
             // PSS, not RSS: socat's thousands of processes share most of their pages.
             TestCase::Idle => ("pss_kib_per_conn", false),
+            TestCase::Udp(_) => ("pps", true),
         }
     }
 
@@ -163,6 +178,51 @@ pub enum Outcome {
     },
 }
 
+/// One contender at one thread count (`direct` runs once, without a count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entrant {
+    /// Which contender.
+    pub kind: ContenderKind,
+    /// Its threads or worker processes; `None` for `direct`.
+    pub threads: Option<u32>,
+}
+
+impl Entrant {
+    /// Every contender at every thread count of the plan, thread count by thread count.
+    pub fn all(plan: &Plan) -> Vec<Entrant> {
+        let mut entrants = Vec::new();
+        for (index, &threads) in plan.threads.iter().enumerate() {
+            for &kind in &plan.contenders {
+                match kind {
+                    ContenderKind::Direct if index == 0 => entrants.push(Entrant {
+                        kind,
+                        threads: None,
+                    }),
+                    ContenderKind::Direct => {}
+                    _ => entrants.push(Entrant {
+                        kind,
+                        threads: Some(threads),
+                    }),
+                }
+            }
+        }
+        entrants
+    }
+
+    /// The row's name: the contender's, with the thread count when the plan has several.
+    pub fn label(self, plan: &Plan) -> String {
+        label(self.kind.name(), self.threads, plan.threads.len() > 1)
+    }
+}
+
+/// `uringgost`, or `uringgost 2t` when a run compares thread counts.
+pub fn label(name: &str, threads: Option<u32>, several_counts: bool) -> String {
+    match threads {
+        Some(threads) if several_counts => format!("{name} {threads}t"),
+        _ => name.to_owned(),
+    }
+}
+
 /// One outcome with its coordinates.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
@@ -172,6 +232,8 @@ pub struct Sample {
     pub test: String,
     /// Contender name.
     pub contender: String,
+    /// Threads or worker processes of the forwarder; absent for `direct`.
+    pub threads: Option<u32>,
     /// What happened.
     pub outcome: Outcome,
 }
@@ -198,17 +260,27 @@ pub fn run(plan: &Plan, results_dir: &Path) -> Result<Vec<Sample>> {
         None => None,
     };
 
+    let entrants = Entrant::all(plan);
     let mut samples = Vec::new();
     let mut launch_number = 0u32;
     for round in 1..=plan.rounds {
         for &test in &plan.tests {
-            let rotation = (round as usize - 1) % plan.contenders.len();
-            let mut order = plan.contenders.clone();
+            let rotation = (round as usize - 1) % entrants.len();
+            let mut order = entrants.clone();
             order.rotate_left(rotation);
-            for kind in order {
+            for entrant in order {
+                let kind = entrant.kind;
+                let udp_reason = match test {
+                    TestCase::Udp(_) => kind.udp_unsupported(),
+                    _ => None,
+                };
                 let outcome = if test.uses_namespace_chain() && !kind.supports_namespace_chain() {
                     Outcome::NotApplicable {
                         reason: "needs an HTTP CONNECT proxy hop, which it does not have".into(),
+                    }
+                } else if let Some(reason) = udp_reason {
+                    Outcome::NotApplicable {
+                        reason: reason.into(),
                     }
                 } else if let (ContenderKind::Uringgost(_), Some(problem)) =
                     (kind, &uringgost_problem)
@@ -218,14 +290,22 @@ pub fn run(plan: &Plan, results_dir: &Path) -> Result<Vec<Sample>> {
                     }
                 } else {
                     launch_number += 1;
-                    let run_dir = workdir
-                        .path
-                        .join(format!("{launch_number:04}-{}-{kind}", test.name()));
+                    let threads = entrant.threads.unwrap_or(plan.threads[0]);
+                    let run_dir = workdir.path.join(format!(
+                        "{launch_number:04}-{}-{kind}-{threads}t",
+                        test.name()
+                    ));
                     std::fs::create_dir_all(&run_dir)?;
                     let (layout, sink) = match (&chain, &chain_sink) {
                         (Some(chain), Some(sink)) if test.uses_namespace_chain() => {
                             (Layout::NamespaceChain(chain), sink)
                         }
+                        _ if matches!(test, TestCase::Udp(_)) => (
+                            Layout::LoopbackUdp {
+                                base_port: plan.base_port,
+                            },
+                            &loopback_sink,
+                        ),
                         _ => (
                             Layout::Loopback {
                                 base_port: plan.base_port,
@@ -233,8 +313,19 @@ pub fn run(plan: &Plan, results_dir: &Path) -> Result<Vec<Sample>> {
                             &loopback_sink,
                         ),
                     };
-                    eprintln!("round {round}/{}: {} with {kind}", plan.rounds, test.name());
-                    let result = measure(plan, test, kind, layout, sink, &run_dir, results_dir);
+                    eprintln!(
+                        "round {round}/{}: {} with {}",
+                        plan.rounds,
+                        test.name(),
+                        entrant.label(plan)
+                    );
+                    let run = Launch {
+                        test,
+                        kind,
+                        threads,
+                        layout,
+                    };
+                    let result = measure(plan, &run, sink, &run_dir, results_dir);
                     match result {
                         Ok(figures) => Outcome::Measured { figures },
                         Err(error) => {
@@ -250,6 +341,7 @@ pub fn run(plan: &Plan, results_dir: &Path) -> Result<Vec<Sample>> {
                     round,
                     test: test.name(),
                     contender: kind.name().into(),
+                    threads: entrant.threads,
                     outcome,
                 });
             }
@@ -258,20 +350,33 @@ pub fn run(plan: &Plan, results_dir: &Path) -> Result<Vec<Sample>> {
     Ok(samples)
 }
 
+/// What one launch runs: which test, which contender with how many threads, where.
+struct Launch<'a> {
+    test: TestCase,
+    kind: ContenderKind,
+    threads: u32,
+    layout: Layout<'a>,
+}
+
 /// Starts one contender, runs one load against it, stops it.
 fn measure(
     plan: &Plan,
-    test: TestCase,
-    kind: ContenderKind,
-    layout: Layout<'_>,
+    run: &Launch<'_>,
     sink: &Sink,
     run_dir: &Path,
     results_dir: &Path,
 ) -> Result<Figures> {
+    let Launch {
+        test,
+        kind,
+        threads,
+        layout,
+    } = *run;
+    let cpus = plan.forwarder_cpus(threads);
     let spec = LaunchSpec {
         layout,
-        threads: plan.threads,
-        cpus: &plan.forwarder_cpus,
+        threads,
+        cpus: &cpus,
         uringgost: &plan.uringgost,
         workdir: run_dir,
         max_connections: plan.idle_conns.max(1000),
@@ -279,7 +384,12 @@ fn measure(
     };
     let mut launched = contenders::launch(kind, &spec)?;
     if let Some((path, text)) = &launched.config {
-        save_config(results_dir, kind, layout, path, text);
+        let suffix = if plan.threads.len() > 1 {
+            format!("-{threads}t")
+        } else {
+            String::new()
+        };
+        save_config(results_dir, &format!("{kind}{suffix}"), layout, path, text);
     }
     // The readiness probe's connection must be gone before loads read the sink's counters;
     // the forwarder may still be dialing the sink for it a moment after the probe closed.
@@ -308,6 +418,7 @@ fn measure(
             load::latency::run(&context, LATENCY_CONNECTIONS, plan.latency_rate)
         }
         TestCase::Idle => load::idle::run(&context, plan.idle_conns),
+        TestCase::Udp(payload) => load::udp::run(&context, UDP_CLIENTS, payload as usize),
     });
     // A forwarder that died under load fails the test even if the load finished.
     if let Some(daemon) = launched.daemon.as_mut() {
@@ -351,15 +462,10 @@ fn prepare_uringgost(plan: &Plan) -> Option<String> {
     }
 }
 
-fn save_config(
-    results_dir: &Path,
-    kind: ContenderKind,
-    layout: Layout<'_>,
-    path: &Path,
-    text: &str,
-) {
+fn save_config(results_dir: &Path, kind: &str, layout: Layout<'_>, path: &Path, text: &str) {
     let topology = match layout {
         Layout::Loopback { .. } => "loopback",
+        Layout::LoopbackUdp { .. } => "udp",
         Layout::NamespaceChain(_) => "netns",
     };
     let extension = path

@@ -1,5 +1,6 @@
 //! The far end of every test: one epoll thread that discards, sources or echoes, chosen by
-//! the first byte a connection sends.
+//! the first byte a connection sends, and one thread on a UDP socket bound to the same port
+//! that counts datagrams (echoing those whose first byte is [`MODE_ECHO`]).
 //!
 //! One sink serves all tests, so a contender's configuration never changes between tests.
 //! It runs in a child process of its own (the harness re-executed with `--internal-sink`):
@@ -38,6 +39,13 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const FIRST_CONNECTION: usize = 2;
 const CHUNK: usize = 256 * 1024;
+/// Datagrams one recvmmsg call takes at most.
+const UDP_BATCH: usize = 64;
+/// Receive buffer per datagram; longer ones are still counted at their full length.
+const UDP_BUFFER: usize = 2048;
+/// The UDP socket's receive buffer, so that a burst from a forwarder is queued rather than
+/// dropped while the sink waits for its turn on the shared load CPU.
+pub const UDP_RECEIVE_BUFFER: usize = 8 << 20;
 
 /// Counters the sink keeps; all only grow except `active`.
 #[derive(Debug, Default)]
@@ -46,6 +54,8 @@ struct SinkStats {
     active: AtomicU64,
     discarded_bytes: AtomicU64,
     echo_connections: AtomicU64,
+    udp_datagrams: AtomicU64,
+    udp_bytes: AtomicU64,
 }
 
 impl SinkStats {
@@ -55,6 +65,8 @@ impl SinkStats {
             active: self.active.load(Ordering::Relaxed),
             discarded_bytes: self.discarded_bytes.load(Ordering::Relaxed),
             echo_connections: self.echo_connections.load(Ordering::Relaxed),
+            udp_datagrams: self.udp_datagrams.load(Ordering::Relaxed),
+            udp_bytes: self.udp_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -70,13 +82,22 @@ pub struct SinkCounters {
     pub discarded_bytes: u64,
     /// Connections whose first byte chose echo (the idle test counts arrivals with it).
     pub echo_connections: u64,
+    /// Datagrams received on the UDP socket, echoed or not.
+    pub udp_datagrams: u64,
+    /// Their payload bytes.
+    pub udp_bytes: u64,
 }
 
 impl SinkCounters {
     fn to_line(self) -> String {
         format!(
-            "{} {} {} {}",
-            self.accepted, self.active, self.discarded_bytes, self.echo_connections
+            "{} {} {} {} {} {}",
+            self.accepted,
+            self.active,
+            self.discarded_bytes,
+            self.echo_connections,
+            self.udp_datagrams,
+            self.udp_bytes
         )
     }
 
@@ -86,7 +107,15 @@ impl SinkCounters {
             .map(str::parse)
             .collect::<Result<_, _>>()
             .with_context(|| format!("bad counters line from the sink: {line:?}"))?;
-        let [accepted, active, discarded_bytes, echo_connections] = numbers[..] else {
+        let [
+            accepted,
+            active,
+            discarded_bytes,
+            echo_connections,
+            udp_datagrams,
+            udp_bytes,
+        ] = numbers[..]
+        else {
             bail!("bad counters line from the sink: {line:?}");
         };
         Ok(SinkCounters {
@@ -94,6 +123,8 @@ impl SinkCounters {
             active,
             discarded_bytes,
             echo_connections,
+            udp_datagrams,
+            udp_bytes,
         })
     }
 }
@@ -263,16 +294,32 @@ impl SinkServer {
                         crate::topology::enter_netns(name)?;
                     }
                     let listener = bind_listener(endpoint.addr)?;
+                    let udp = bind_udp(listener.local_addr()?)?;
                     let poll = Poll::new().context("creating the sink's epoll")?;
                     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-                    Ok::<_, anyhow::Error>((listener, poll, waker))
+                    Ok::<_, anyhow::Error>((listener, udp, poll, waker))
                 })();
                 match setup {
-                    Ok((listener, poll, waker)) => {
+                    Ok((listener, udp, poll, waker)) => {
                         let addr = listener.local_addr().ok();
+                        let udp_stats = Arc::clone(&thread_stats);
+                        let udp_stop = Arc::clone(&thread_stop);
+                        let udp_thread = std::thread::Builder::new()
+                            .name("sink udp".into())
+                            .spawn(move || serve_udp(&udp, &udp_stats, &udp_stop));
+                        let udp_thread = match udp_thread {
+                            Ok(thread) => thread,
+                            Err(error) => {
+                                let error = anyhow::Error::from(error).context("spawning udp");
+                                let _ = ready_tx.send(Err(error)); // nobody left to tell
+                                return;
+                            }
+                        };
                         if ready_tx.send(Ok((addr, Arc::clone(&waker)))).is_ok() {
                             serve(listener, poll, &thread_stats, &thread_stop);
                         }
+                        thread_stop.store(true, Ordering::Relaxed);
+                        let _ = udp_thread.join(); // a panicked UDP thread has nothing to clean
                     }
                     Err(error) => {
                         let _ = ready_tx.send(Err(error)); // the caller is gone: nothing to tell
@@ -316,6 +363,109 @@ fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
     socket.listen(4096)?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Binds the UDP socket next to the TCP listener, with a large receive buffer (forced past
+/// `rmem_max` where the harness may, which it may as root) and a 200 ms receive timeout so
+/// that its thread notices the stop flag.
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("binding the sink's UDP socket to {addr}"))?;
+    let size = UDP_RECEIVE_BUFFER as libc::c_int;
+    // SAFETY: the fd is open and `size` outlives the call, which copies it.
+    let forced = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if forced != 0 {
+        // Without CAP_NET_ADMIN the buffer is capped at rmem_max, which still helps.
+        socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER)?;
+    }
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok(socket.into())
+}
+
+/// Counts every datagram with recvmmsg, echoing those that start with [`MODE_ECHO`] to
+/// their sender, until `stop` is set.
+fn serve_udp(socket: &std::net::UdpSocket, stats: &SinkStats, stop: &AtomicBool) {
+    use std::os::fd::AsRawFd;
+
+    let fd = socket.as_raw_fd();
+    let mut buffers = vec![[0u8; UDP_BUFFER]; UDP_BATCH];
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid (unspecified) value.
+    let mut names: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; UDP_BATCH];
+    let mut iovecs: Vec<libc::iovec> = buffers
+        .iter_mut()
+        .map(|buffer| libc::iovec {
+            iov_base: buffer.as_mut_ptr().cast(),
+            iov_len: UDP_BUFFER,
+        })
+        .collect();
+    // SAFETY: mmsghdr is plain data (pointers and lengths); zeroes are valid before setup.
+    let mut headers: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; UDP_BATCH];
+    for (index, header) in headers.iter_mut().enumerate() {
+        header.msg_hdr.msg_iov = &mut iovecs[index];
+        header.msg_hdr.msg_iovlen = 1;
+        header.msg_hdr.msg_name = (&mut names[index] as *mut libc::sockaddr_storage).cast();
+    }
+    let name_size = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+
+    while !stop.load(Ordering::Relaxed) {
+        for header in headers.iter_mut() {
+            header.msg_hdr.msg_namelen = name_size;
+        }
+        // SAFETY: every header points at a live iovec, buffer and name of the sizes given;
+        // none of them moves or is dropped while the call runs. MSG_TRUNC makes each
+        // msg_len the datagram's full length even where the buffer was shorter.
+        let received = unsafe {
+            libc::recvmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                UDP_BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
+        };
+        if received <= 0 {
+            // A timeout (the stop flag is looked at again) or a transient error.
+            continue;
+        }
+        let mut bytes = 0u64;
+        for index in 0..received as usize {
+            let header = &headers[index];
+            let length = header.msg_len as usize;
+            bytes += length as u64;
+            if length > 0 && buffers[index][0] == MODE_ECHO {
+                // SAFETY: the buffer holds min(length, UDP_BUFFER) received bytes and the
+                // name is the sender's address as recvmmsg wrote it.
+                unsafe {
+                    libc::sendto(
+                        fd,
+                        buffers[index].as_ptr().cast(),
+                        length.min(UDP_BUFFER),
+                        0,
+                        header.msg_hdr.msg_name.cast(),
+                        header.msg_hdr.msg_namelen,
+                    )
+                };
+            }
+        }
+        stats
+            .udp_datagrams
+            .fetch_add(received as u64, Ordering::Relaxed);
+        stats.udp_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 enum Mode {
@@ -483,6 +633,36 @@ pub fn self_test(sink: &Sink) -> Result<()> {
         .context("reading the sink's echo")?;
     if &answer != b"Ehello" {
         bail!("the sink echoed {answer:?}");
+    }
+    udp_echo(sink.addr(), Duration::from_secs(2)).context("the sink's UDP socket")
+}
+
+/// Sends one echo datagram to `addr` from a fresh socket and waits `timeout` for it to come
+/// back unchanged: the sink answers it, and a forwarder in between must relay the reply.
+pub fn udp_echo(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        ([127, 0, 0, 1], 0).into()
+    } else {
+        (std::net::Ipv6Addr::LOCALHOST, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(local).context("binding a UDP probe socket")?;
+    socket
+        .connect(addr)
+        .with_context(|| format!("connecting a UDP probe to {addr}"))?;
+    socket.set_read_timeout(Some(timeout))?;
+    let probe = [MODE_ECHO, b'p', b'r', b'o', b'b', b'e'];
+    socket
+        .send(&probe)
+        .with_context(|| format!("sending a UDP probe to {addr}"))?;
+    let mut answer = [0u8; 16];
+    let length = socket
+        .recv(&mut answer)
+        .with_context(|| format!("waiting for the UDP echo from {addr}"))?;
+    if answer[..length] != probe {
+        bail!(
+            "the UDP echo from {addr} came back as {:?}",
+            &answer[..length]
+        );
     }
     Ok(())
 }

@@ -30,6 +30,35 @@ pub struct DaemonCommand {
     pub ready_line: Option<&'static str>,
 }
 
+/// How the harness tells that a started forwarder is ready for load.
+#[derive(Debug, Clone)]
+pub enum Probe {
+    /// A TCP connection is accepted (and closed at once).
+    Connect(Endpoint),
+    /// A datagram sent through the forwarder comes back from the sink's echo: proof that the
+    /// forwarder relays replies, not only requests.
+    UdpEcho(Endpoint),
+}
+
+impl Probe {
+    fn attempt(&self) -> Result<()> {
+        match self {
+            Probe::Connect(endpoint) => probe_connect(endpoint),
+            Probe::UdpEcho(endpoint) => {
+                endpoint.check_allowed()?;
+                crate::sink::udp_echo(endpoint.addr, Duration::from_millis(200))
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Probe::Connect(endpoint) => format!("a connection to {}", endpoint.addr),
+            Probe::UdpEcho(endpoint) => format!("a UDP echo through {}", endpoint.addr),
+        }
+    }
+}
+
 /// A running daemon; dropping it kills its process group.
 pub struct Daemon {
     child: Child,
@@ -113,12 +142,12 @@ impl Daemon {
         self.child.id() as i32
     }
 
-    /// Waits until the daemon says it is ready (if it has a ready line) and `probe` accepts a
-    /// connection; fails with the log's tail when it exits or the timeout passes.
+    /// Waits until the daemon says it is ready (if it has a ready line) and `probe` succeeds;
+    /// fails with the log's tail when it exits or the timeout passes.
     pub fn wait_ready(
         &mut self,
         command: &DaemonCommand,
-        probe: &Endpoint,
+        probe: &Probe,
         timeout: Duration,
     ) -> Result<()> {
         let deadline = Instant::now() + timeout;
@@ -132,13 +161,13 @@ impl Daemon {
             }
             let said_ready =
                 command.ready_line.is_none() || self.ready_seen.load(Ordering::Relaxed);
-            if said_ready && probe_connect(probe).is_ok() {
+            if said_ready && probe.attempt().is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 let waited = match command.ready_line {
                     Some(line) if !said_ready => format!("the line {line:?}"),
-                    _ => format!("a connection to {}", probe.addr),
+                    _ => probe.describe(),
                 };
                 bail!(
                     "{} not ready after {timeout:?} (waited for {waited}); log: {}",

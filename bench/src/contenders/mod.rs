@@ -15,18 +15,36 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-pub use daemon::{Daemon, DaemonCommand};
+pub use daemon::{Daemon, DaemonCommand, Probe};
 
 use crate::system::CpuSet;
 use crate::topology::{Endpoint, NamespaceChain};
 
-/// How uringgost relays bytes, when the harness pins it down.
+/// How uringgost relays bytes, when the harness names it in the configuration (its
+/// top-level `relay` key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayMode {
+    /// Buffered while messages are small, splice once a read fills a buffer (the default,
+    /// written out).
+    Auto,
     /// Kernel splice through a pipe.
     Splice,
     /// Read into a user-space buffer and write it out.
     Buffered,
+    /// io_uring SPLICE ops, which wait in an io-wq kernel thread per idle direction.
+    UringSplice,
+}
+
+impl RelayMode {
+    /// The value of uringgost's `relay` key.
+    pub fn key(self) -> &'static str {
+        match self {
+            RelayMode::Auto => "auto",
+            RelayMode::Splice => "splice",
+            RelayMode::Buffered => "buffered",
+            RelayMode::UringSplice => "uring-splice",
+        }
+    }
 }
 
 /// One contender.
@@ -46,19 +64,22 @@ pub enum ContenderKind {
 
 impl ContenderKind {
     /// The names `--contenders` accepts.
-    pub const NAMES: &'static str =
-        "direct, uringgost, uringgost-splice, uringgost-buffered, haproxy, nginx, socat";
+    pub const NAMES: &'static str = "direct, uringgost, uringgost-auto, uringgost-splice, \
+                                     uringgost-buffered, uringgost-uring-splice, haproxy, nginx, \
+                                     socat";
 
     /// Loopback ports used above `--base-port` (the sink takes the first).
-    pub const PORT_SLOTS: u32 = 8;
+    pub const PORT_SLOTS: u32 = 10;
 
     /// The contender's name in tables and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             ContenderKind::Direct => "direct",
             ContenderKind::Uringgost(None) => "uringgost",
+            ContenderKind::Uringgost(Some(RelayMode::Auto)) => "uringgost-auto",
             ContenderKind::Uringgost(Some(RelayMode::Splice)) => "uringgost-splice",
             ContenderKind::Uringgost(Some(RelayMode::Buffered)) => "uringgost-buffered",
+            ContenderKind::Uringgost(Some(RelayMode::UringSplice)) => "uringgost-uring-splice",
             ContenderKind::Haproxy => "haproxy",
             ContenderKind::Nginx => "nginx",
             ContenderKind::Socat => "socat",
@@ -79,6 +100,22 @@ impl ContenderKind {
         matches!(self, ContenderKind::Direct | ContenderKind::Uringgost(_))
     }
 
+    /// Why the kind sits out the UDP tests, if it does: HAProxy has no UDP proxy, and a
+    /// forced relay mode is a TCP setting (uringgost's UDP path is the same whatever `relay`
+    /// says, so one `uringgost` row measures it).
+    pub fn udp_unsupported(self) -> Option<&'static str> {
+        match self {
+            ContenderKind::Haproxy => Some("HAProxy has no UDP proxy"),
+            ContenderKind::Uringgost(Some(_)) => {
+                Some("relay modes are TCP only; the `uringgost` row is its UDP path")
+            }
+            ContenderKind::Direct
+            | ContenderKind::Uringgost(None)
+            | ContenderKind::Nginx
+            | ContenderKind::Socat => None,
+        }
+    }
+
     /// The loopback port the contender listens on, above the sink's (`direct` uses the sink's).
     fn port(self, base_port: u16) -> u16 {
         let slot = match self {
@@ -89,6 +126,8 @@ impl ContenderKind {
             ContenderKind::Haproxy => 3,
             ContenderKind::Nginx => 4,
             ContenderKind::Socat => 5,
+            ContenderKind::Uringgost(Some(RelayMode::Auto)) => 6,
+            ContenderKind::Uringgost(Some(RelayMode::UringSplice)) => 7,
         };
         base_port + 1 + slot
     }
@@ -107,8 +146,10 @@ impl FromStr for ContenderKind {
         Ok(match text.trim() {
             "direct" => ContenderKind::Direct,
             "uringgost" => ContenderKind::Uringgost(None),
+            "uringgost-auto" => ContenderKind::Uringgost(Some(RelayMode::Auto)),
             "uringgost-splice" => ContenderKind::Uringgost(Some(RelayMode::Splice)),
             "uringgost-buffered" => ContenderKind::Uringgost(Some(RelayMode::Buffered)),
+            "uringgost-uring-splice" => ContenderKind::Uringgost(Some(RelayMode::UringSplice)),
             "haproxy" => ContenderKind::Haproxy,
             "nginx" => ContenderKind::Nginx,
             "socat" => ContenderKind::Socat,
@@ -117,12 +158,17 @@ impl FromStr for ContenderKind {
     }
 }
 
-/// Where a contender runs: the loopback pair of ports, or the namespace chain.
+/// Where a contender runs: the loopback pair of ports (TCP or UDP), or the namespace chain.
 #[derive(Clone, Copy)]
 pub enum Layout<'a> {
     /// Client and sink on loopback in the harness's namespace.
     Loopback {
         /// First harness port; the sink listens on it.
+        base_port: u16,
+    },
+    /// A UDP forward on loopback: the same ports as [`Layout::Loopback`], as UDP.
+    LoopbackUdp {
+        /// First harness port; the sink's UDP socket is bound to it.
         base_port: u16,
     },
     /// The GOST doc's chain; the sink listens in the stand-in default namespace.
@@ -149,7 +195,7 @@ pub struct LaunchSpec<'a> {
 
 /// A contender ready for load.
 pub struct Launched {
-    /// Where clients connect.
+    /// Where clients connect (a UDP port in [`Layout::LoopbackUdp`]).
     pub entry: Endpoint,
     /// The forwarder process, absent for `direct`.
     pub daemon: Option<Daemon>,
@@ -168,6 +214,7 @@ pub struct Recipe {
 /// Starts a contender and waits until it accepts connections.
 pub fn launch(kind: ContenderKind, spec: &LaunchSpec<'_>) -> Result<Launched> {
     let (entry, target) = addresses(kind, spec.layout)?;
+    let udp = matches!(spec.layout, Layout::LoopbackUdp { .. });
     let recipe = match kind {
         ContenderKind::Direct => {
             return Ok(Launched {
@@ -177,9 +224,10 @@ pub fn launch(kind: ContenderKind, spec: &LaunchSpec<'_>) -> Result<Launched> {
             });
         }
         ContenderKind::Uringgost(relay) => uringgost::recipe(spec, relay, entry.addr, target)?,
+        ContenderKind::Haproxy if udp => bail!("haproxy has no UDP proxy"),
         ContenderKind::Haproxy => haproxy::recipe(spec, entry.addr, target),
-        ContenderKind::Nginx => nginx::recipe(spec, entry.addr, target),
-        ContenderKind::Socat => socat::recipe(entry.addr, target),
+        ContenderKind::Nginx => nginx::recipe(spec, entry.addr, target, udp),
+        ContenderKind::Socat => socat::recipe(entry.addr, target, udp),
     };
     let config = match &recipe.config {
         Some((file_name, text)) => {
@@ -191,7 +239,12 @@ pub fn launch(kind: ContenderKind, spec: &LaunchSpec<'_>) -> Result<Launched> {
     };
     let log = spec.workdir.join(format!("{kind}.log"));
     let mut daemon = Daemon::spawn(kind.name(), &recipe.command, spec, &log)?;
-    daemon.wait_ready(&recipe.command, &entry, Duration::from_secs(15))?;
+    let probe = if udp {
+        Probe::UdpEcho(entry.clone())
+    } else {
+        Probe::Connect(entry.clone())
+    };
+    daemon.wait_ready(&recipe.command, &probe, Duration::from_secs(15))?;
     Ok(Launched {
         entry,
         daemon: Some(daemon),
@@ -202,7 +255,7 @@ pub fn launch(kind: ContenderKind, spec: &LaunchSpec<'_>) -> Result<Launched> {
 /// The client's entry point and the forwarder's target for a kind in a layout.
 fn addresses(kind: ContenderKind, layout: Layout<'_>) -> Result<(Endpoint, SocketAddr)> {
     match layout {
-        Layout::Loopback { base_port } => {
+        Layout::Loopback { base_port } | Layout::LoopbackUdp { base_port } => {
             let sink = Endpoint::loopback(base_port);
             let entry = Endpoint::loopback(kind.port(base_port));
             Ok((entry, sink.addr))

@@ -1,4 +1,5 @@
-//! socat, forking one process per connection; it has no thread setting.
+//! socat, forking one process per connection (per client address for UDP); it has no thread
+//! setting.
 
 use std::net::SocketAddr;
 
@@ -9,7 +10,30 @@ use super::{DaemonCommand, Recipe};
 /// `backlog=4096` matches the other contenders' listen queues (socat's default is 5, which
 /// drops SYNs under the connection-rate load); `nodelay` matches their TCP_NODELAY, which
 /// HAProxy and nginx set by default.
-pub fn recipe(listen: SocketAddr, target: SocketAddr) -> Recipe {
+///
+/// For UDP, `UDP4-LISTEN:…,fork,reuseaddr` to `UDP4:…` forks one child per client address
+/// (its socket connected to that client, the parent listening anew), and the child's
+/// connected socket to the target carries the replies back: a session per client, like the
+/// others. `UDP4-RECVFROM:…,fork` also relays replies, but forks a child for every datagram,
+/// which a flood turns into thousands of processes.
+pub fn recipe(listen: SocketAddr, target: SocketAddr, udp: bool) -> Recipe {
+    if udp {
+        let listen_address = format!(
+            "UDP4-LISTEN:{port},bind={ip},fork,reuseaddr",
+            port = listen.port(),
+            ip = listen.ip()
+        );
+        let target_address = format!("UDP4:{}:{}", target.ip(), target.port());
+        return Recipe {
+            config: None,
+            command: DaemonCommand {
+                program: "socat".into(),
+                args: vec!["-T".into(), "60".into(), listen_address, target_address],
+                netns: None,
+                ready_line: None,
+            },
+        };
+    }
     let listen_address = format!(
         "TCP-LISTEN:{port},bind={ip},fork,reuseaddr,backlog=4096,nodelay",
         port = listen.port(),

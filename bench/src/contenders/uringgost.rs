@@ -1,5 +1,6 @@
-//! uringgost itself, configured in GOST's terms: a TCP forwarding service on loopback, or the
-//! GOST doc's chain (service in ns1, HTTP CONNECT hop in ns2, target in the default namespace).
+//! uringgost itself, configured in GOST's terms: a TCP or UDP forwarding service on loopback,
+//! or the GOST doc's chain (service in ns1, HTTP CONNECT hop in ns2, target in the default
+//! namespace).
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -21,15 +22,15 @@ pub fn recipe(
 ) -> Result<Recipe> {
     let mut config = String::new();
     if let Some(relay) = relay {
-        let name = match relay {
-            RelayMode::Splice => "splice",
-            RelayMode::Buffered => "buffered",
-        };
-        writeln!(config, "relay = \"{name}\"\n")?;
+        writeln!(config, "relay = \"{}\"\n", relay.key())?;
     }
     let netns = match spec.layout {
         Layout::Loopback { .. } => {
             write_forwarding_service(&mut config, listen, target, None)?;
+            None
+        }
+        Layout::LoopbackUdp { .. } => {
+            write_udp_service(&mut config, listen, target)?;
             None
         }
         Layout::NamespaceChain(chain) => {
@@ -83,6 +84,28 @@ fn write_forwarding_service(
     writeln!(config, "[[services.forwarder.nodes]]")?;
     writeln!(config, "name = \"target-0\"")?;
     writeln!(config, "addr = \"{target}\"\n")
+}
+
+/// A `udp` service: one session per client address, closed after 60 s without a datagram
+/// (as long as nginx's `proxy_timeout` here).
+fn write_udp_service(
+    config: &mut String,
+    listen: SocketAddr,
+    target: SocketAddr,
+) -> std::fmt::Result {
+    write!(
+        config,
+        "[[services]]
+name = \"udp\"
+addr = \"{listen}\"
+handler = {{ type = \"udp\" }}
+listener = {{ type = \"udp\" }}
+metadata = {{ ttl = \"60s\" }}
+[[services.forwarder.nodes]]
+name = \"sink\"
+addr = \"{target}\"
+"
+    )
 }
 
 /// The GOST doc's example, with the harness's namespace names.

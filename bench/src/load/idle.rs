@@ -23,10 +23,13 @@ const MAX_CONNECT_FAILURES: u64 = 100;
 /// Opens `count` connections through the contender. Figures: `connections`, `relayed`,
 /// `lost_up`, `lost_down`, `setup_s`, `cpu_s`, and for a forwarder its `rss_mib`, `pss_mib`,
 /// per-connection `rss_kib_per_conn` and `pss_kib_per_conn` (idle), the same after one byte
-/// each way (`..._after_io`), `threads`, `fds`, `processes`.
+/// each way (`..._after_io`), `threads`, `io_wq_threads`, `fds`, `processes`, and
+/// `kernel_stack_kib_per_conn` (the machine's kernel stacks' growth while the connections are
+/// idle: what io-wq workers cost outside any RSS; other work on the machine adds noise).
 pub fn run(context: &LoadContext<'_>, count: u32) -> Result<Figures> {
     let before = context.sink.stats()?;
     let resources_before = context.forwarder.map(procfs::resources);
+    let kernel_stack_before = procfs::kernel_stack_kib();
     let cpu = CpuMeter::start(context.forwarder);
     let began = Instant::now();
 
@@ -65,6 +68,7 @@ pub fn run(context: &LoadContext<'_>, count: u32) -> Result<Figures> {
     // Let lazily freed memory settle before reading what the idle connections hold.
     std::thread::sleep(Duration::from_millis(500));
     let resources_idle = context.forwarder.map(procfs::resources);
+    let kernel_stack_idle = procfs::kernel_stack_kib();
 
     let (returned, streams) = exchange_one_byte(streams)?;
     // Bytes that reached the sink, echoed back or not.
@@ -82,6 +86,10 @@ pub fn run(context: &LoadContext<'_>, count: u32) -> Result<Figures> {
     figures.insert("lost_up".into(), opened.saturating_sub(arrived) as f64);
     figures.insert("lost_down".into(), opened.saturating_sub(returned) as f64);
     figures.insert("setup_s".into(), setup_seconds);
+    figures.insert(
+        "kernel_stack_kib_per_conn".into(),
+        kernel_stack_idle.saturating_sub(kernel_stack_before) as f64 / opened as f64,
+    );
     cpu_use.record(&mut figures);
     if let (Some(before), Some(idle), Some(after)) =
         (resources_before, resources_idle, resources_after)
@@ -111,6 +119,7 @@ fn add_resources(
         per_conn(now.pss_kib, before.pss_kib),
     );
     figures.insert(format!("{prefix}threads"), now.threads as f64);
+    figures.insert(format!("{prefix}io_wq_threads"), now.io_wq_threads as f64);
     figures.insert(format!("{prefix}fds"), now.fds as f64);
     figures.insert(format!("{prefix}processes"), now.processes as f64);
 }

@@ -1,10 +1,12 @@
-//! The load generators: bulk throughput, connection rate, request/response latency and idle
-//! scale. Each runs once against one contender and returns named figures.
+//! The load generators: bulk throughput, connection rate, request/response latency, idle
+//! scale and UDP forwarding rate. Each runs once against one contender and returns named
+//! figures.
 
 pub mod bulk;
 pub mod connrate;
 pub mod idle;
 pub mod latency;
+pub mod udp;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

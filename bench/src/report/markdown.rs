@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{Report, Row, TestSummary};
+use super::{Report, Row, Scaling, TestSummary};
 use crate::runner::TestCase;
 
 /// A table column.
@@ -58,9 +58,25 @@ fn columns(test: TestCase) -> Vec<Column> {
             Figure("RSS KiB/conn after 1 B", "after_io_rss_kib_per_conn", 2),
             Figure("RSS MiB", "rss_mib", 1),
             Figure("threads", "threads", 0),
+            Figure("iou-wrk", "io_wq_threads", 0),
+            Figure("kernel stack KiB/conn", "kernel_stack_kib_per_conn", 1),
             Figure("fds", "fds", 0),
             Figure("procs", "processes", 0),
             Figure("fwd CPU s", "cpu_s", 2),
+            Figure("other CPU s", "other_cpu_s", 2),
+        ],
+        TestCase::Udp(_) => vec![
+            Figure("pkt/s sent", "sent_pps", 0),
+            Figure("pkt/s received", "pps", 0),
+            ToDirect,
+            ToBestPeer,
+            Figure("loss %", "loss_pct", 1),
+            Figure("dropped at fwd %", "fwd_drop_pct", 1),
+            Figure("dropped at sink %", "sink_drop_pct", 1),
+            Figure("Gbit/s received", "gbps", 3),
+            Figure("fwd CPU s", "cpu_s", 2),
+            Figure("kpkt per CPU s", "kpps_per_cpu_s", 0),
+            Figure("MB per CPU s", "mbyte_per_cpu_s", 0),
             Figure("other CPU s", "other_cpu_s", 2),
         ],
     }
@@ -76,7 +92,11 @@ pub fn render(report: &Report) -> String {
         text,
         "- suite {:?}, {} round(s), medians; {} thread(s) per forwarder on CPU(s) {}; \
          load generators and sinks on CPU(s) {}",
-        run.suite, run.rounds, run.threads, run.forwarder_cpus, run.load_cpus
+        run.suite,
+        run.rounds,
+        run.threads_text(),
+        run.forwarder_cpus,
+        run.load_cpus
     );
     let machine = &run.machine;
     let _ = writeln!(
@@ -98,7 +118,49 @@ pub fn render(report: &Report) -> String {
     for test in &report.tests {
         render_test(&mut text, test);
     }
+    if !report.scaling.is_empty() {
+        render_scaling(&mut text, &report.run.threads, &report.scaling);
+    }
     text
+}
+
+fn render_scaling(text: &mut String, threads: &[u32], lines: &[Scaling]) {
+    let base = threads[0];
+    let _ = writeln!(
+        text,
+        "## scaling\n\nEach test's primary figure (median) per thread count, and each count's \
+         over {base} thread(s): ideal is the thread count for throughput, 1.0 or lower for \
+         latency and memory. Where the forwarder's CPUs overlap the load generators' (see the \
+         notes), the load generators lose CPU as the forwarder gains it.\n"
+    );
+    let mut header = vec![
+        "test".to_owned(),
+        "contender".to_owned(),
+        "figure".to_owned(),
+    ];
+    header.extend(threads.iter().map(|count| format!("{count}t")));
+    header.extend(
+        threads[1..]
+            .iter()
+            .map(|count| format!("{count}t / {base}t")),
+    );
+    let _ = writeln!(text, "| {} |", header.join(" | "));
+    let _ = writeln!(text, "|{}", "---|".repeat(header.len()));
+    for line in lines {
+        let mut cells = vec![
+            line.test.clone(),
+            line.contender.clone(),
+            line.figure.to_owned(),
+        ];
+        cells.extend(
+            line.by_threads.iter().map(|(_, value)| {
+                value.map_or_else(|| "-".to_owned(), |value| format!("{value:.2}"))
+            }),
+        );
+        cells.extend(line.ratios.iter().map(|(_, ratio)| ratio_text(*ratio)));
+        let _ = writeln!(text, "| {} |", cells.join(" | "));
+    }
+    let _ = writeln!(text);
 }
 
 fn render_test(text: &mut String, test: &TestSummary) {
@@ -116,12 +178,12 @@ fn render_test(text: &mut String, test: &TestSummary) {
     let _ = writeln!(text, "| {} |", header.join(" | "));
     let _ = writeln!(text, "|{}", "---|".repeat(header.len()));
     for row in &test.rows {
-        let mut cells = vec![row.contender.clone()];
+        let mut cells = vec![row.label.clone()];
         for column in &columns {
             cells.push(match column {
                 Column::Figure(_, key, decimals) => figure(row, key, *decimals),
-                Column::ToDirect => ratio(row.to_direct),
-                Column::ToBestPeer => ratio(row.to_best_peer),
+                Column::ToDirect => ratio_text(row.to_direct),
+                Column::ToBestPeer => ratio_text(row.to_best_peer),
             });
         }
         cells.push(status(row));
@@ -137,7 +199,7 @@ fn figure(row: &Row, key: &str, decimals: usize) -> String {
     }
 }
 
-fn ratio(value: Option<f64>) -> String {
+fn ratio_text(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |value| format!("{value:.2}"))
 }
 

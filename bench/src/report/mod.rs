@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::cli::{Plan, Suite};
 use crate::contenders::ContenderKind;
 use crate::load::Figures;
-use crate::runner::{Outcome, Sample, TestCase};
+use crate::runner::{Entrant, Outcome, Sample, TestCase};
 use crate::system::MachineInfo;
 
 /// How and where the run happened.
@@ -26,8 +26,8 @@ pub struct RunInfo {
     pub suite: Suite,
     /// Rounds per contender and test.
     pub rounds: u32,
-    /// Threads (or processes) per forwarder.
-    pub threads: u32,
+    /// Thread (or process) counts per forwarder, each run in turn.
+    pub threads: Vec<u32>,
     /// CPUs the forwarders were pinned to.
     pub forwarder_cpus: String,
     /// CPUs the load generators and sinks were pinned to.
@@ -38,11 +38,23 @@ pub struct RunInfo {
     pub notes: Vec<String>,
 }
 
+impl RunInfo {
+    /// The thread counts as text: `1`, or `1, 2`.
+    pub fn threads_text(&self) -> String {
+        let counts: Vec<String> = self.threads.iter().map(u32::to_string).collect();
+        counts.join(", ")
+    }
+}
+
 /// One contender's line in one test's table.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     /// Contender name.
     pub contender: String,
+    /// Its threads or worker processes; absent for `direct`.
+    pub threads: Option<u32>,
+    /// The name shown: the contender's, with the thread count when a run has several.
+    pub label: String,
     /// `ok`, `partial` (some rounds failed), `failed` or `n/a`.
     pub status: &'static str,
     /// Why it failed, which rounds failed, or why it does not apply.
@@ -53,8 +65,26 @@ pub struct Row {
     pub medians: Figures,
     /// Primary figure divided by `direct`'s.
     pub to_direct: Option<f64>,
-    /// Primary figure divided by the best peer's (HAProxy, nginx, socat).
+    /// Primary figure divided by the best peer's (HAProxy, nginx, socat) at the same thread
+    /// count.
     pub to_best_peer: Option<f64>,
+}
+
+/// How one contender's primary figure in one test changes with its thread count.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scaling {
+    /// Test name.
+    pub test: String,
+    /// Contender name.
+    pub contender: String,
+    /// The figure compared (the test's primary one).
+    pub figure: &'static str,
+    /// Whether more of it is better.
+    pub higher_is_better: bool,
+    /// The median at each thread count, in the run's order.
+    pub by_threads: Vec<(u32, Option<f64>)>,
+    /// Each later count's median over the first count's.
+    pub ratios: Vec<(u32, Option<f64>)>,
 }
 
 /// One test's results.
@@ -81,6 +111,8 @@ pub struct Report {
     pub run: RunInfo,
     /// Medians and ratios per test.
     pub tests: Vec<TestSummary>,
+    /// Thread-count ratios, when the run had several counts.
+    pub scaling: Vec<Scaling>,
     /// Every single outcome, for anyone who wants the spread.
     pub samples: Vec<Sample>,
 }
@@ -92,10 +124,16 @@ impl Report {
             .tests
             .iter()
             .map(|&test| summarize(plan, test, &samples))
-            .collect();
+            .collect::<Vec<_>>();
+        let scaling = if plan.threads.len() > 1 {
+            tests.iter().flat_map(|test| scaling(plan, test)).collect()
+        } else {
+            Vec::new()
+        };
         Report {
             run,
             tests,
+            scaling,
             samples,
         }
     }
@@ -125,15 +163,21 @@ impl Report {
 fn summarize(plan: &Plan, test: TestCase, samples: &[Sample]) -> TestSummary {
     let (primary, higher_is_better) = test.primary_figure();
     let name = test.name();
-    let mut rows: Vec<Row> = plan
-        .contenders
-        .iter()
-        .map(|kind| {
+    let mut rows: Vec<Row> = Entrant::all(plan)
+        .into_iter()
+        .map(|entrant| {
             let mine: Vec<&Sample> = samples
                 .iter()
-                .filter(|sample| sample.test == name && sample.contender == kind.name())
+                .filter(|sample| {
+                    sample.test == name
+                        && sample.contender == entrant.kind.name()
+                        && sample.threads == entrant.threads
+                })
                 .collect();
-            summarize_row(*kind, &mine)
+            let mut row = summarize_row(entrant.kind, &mine);
+            row.threads = entrant.threads;
+            row.label = entrant.label(plan);
+            row
         })
         .collect();
 
@@ -148,7 +192,47 @@ fn summarize(plan: &Plan, test: TestCase, samples: &[Sample]) -> TestSummary {
     }
 }
 
-/// Sets each row's primary figure over direct's and over the best peer's.
+/// The scaling lines of one test: every contender that ran at more than one thread count.
+fn scaling(plan: &Plan, test: &TestSummary) -> Vec<Scaling> {
+    let mut lines = Vec::new();
+    for kind in &plan.contenders {
+        if *kind == ContenderKind::Direct {
+            continue;
+        }
+        let by_threads: Vec<(u32, Option<f64>)> = plan
+            .threads
+            .iter()
+            .map(|&threads| {
+                let value = test
+                    .rows
+                    .iter()
+                    .find(|row| row.contender == kind.name() && row.threads == Some(threads))
+                    .and_then(|row| row.medians.get(test.primary).copied());
+                (threads, value)
+            })
+            .collect();
+        if by_threads.iter().all(|(_, value)| value.is_none()) {
+            continue; // n/a everywhere (a peer in a namespace test, say)
+        }
+        let base = by_threads[0].1.filter(|value| *value > 0.0);
+        let ratios = by_threads[1..]
+            .iter()
+            .map(|&(threads, value)| (threads, value.zip(base).map(|(value, base)| value / base)))
+            .collect();
+        lines.push(Scaling {
+            test: test.name.clone(),
+            contender: kind.name().to_owned(),
+            figure: test.primary,
+            higher_is_better: test.higher_is_better,
+            by_threads,
+            ratios,
+        });
+    }
+    lines
+}
+
+/// Sets each row's primary figure over direct's and over the best peer's at its thread
+/// count.
 fn add_ratios(rows: &mut [Row], primary: &str, higher_is_better: bool) {
     let primary_of = |row: &Row| {
         row.medians
@@ -160,19 +244,26 @@ fn add_ratios(rows: &mut [Row], primary: &str, higher_is_better: bool) {
         .iter()
         .find(|row| row.contender == "direct")
         .and_then(primary_of);
-    let peers = rows.iter().filter(|row| {
-        row.contender
-            .parse::<ContenderKind>()
-            .is_ok_and(ContenderKind::is_peer)
-    });
-    let best_peer = peers.filter_map(primary_of).reduce(|best, value| {
-        if (value > best) == higher_is_better {
-            value
-        } else {
-            best
-        }
-    });
-    for row in rows {
+    let best_peer = |threads: Option<u32>| {
+        rows.iter()
+            .filter(|row| {
+                row.threads == threads
+                    && row
+                        .contender
+                        .parse::<ContenderKind>()
+                        .is_ok_and(ContenderKind::is_peer)
+            })
+            .filter_map(primary_of)
+            .reduce(|best, value| {
+                if (value > best) == higher_is_better {
+                    value
+                } else {
+                    best
+                }
+            })
+    };
+    let best_peers: Vec<Option<f64>> = rows.iter().map(|row| best_peer(row.threads)).collect();
+    for (row, best_peer) in rows.iter_mut().zip(best_peers) {
         if let Some(value) = primary_of(row) {
             row.to_direct = direct.map(|direct| value / direct);
             row.to_best_peer = best_peer.map(|best| value / best);
@@ -212,6 +303,8 @@ fn summarize_row(kind: ContenderKind, samples: &[&Sample]) -> Row {
     };
     Row {
         contender: kind.name().into(),
+        threads: None,
+        label: kind.name().into(),
         status,
         note,
         rounds_measured: measured.len() as u32,
@@ -248,6 +341,8 @@ mod tests {
         let status = if primary.is_some() { "ok" } else { "failed" };
         Row {
             contender: contender.into(),
+            threads: (contender != "direct").then_some(1),
+            label: contender.into(),
             status,
             note: None,
             rounds_measured: u32::from(primary.is_some()),
@@ -274,11 +369,27 @@ mod tests {
     }
 
     #[test]
+    fn the_best_peer_is_taken_at_the_same_thread_count() {
+        let mut rows = vec![
+            row("uringgost", Some(100.0)),
+            row("nginx", Some(50.0)),
+            row("uringgost", Some(150.0)),
+            row("nginx", Some(300.0)),
+        ];
+        rows[2].threads = Some(2);
+        rows[3].threads = Some(2);
+        add_ratios(&mut rows, "p99_us", true);
+        assert_eq!(rows[0].to_best_peer, Some(2.0));
+        assert_eq!(rows[2].to_best_peer, Some(0.5));
+    }
+
+    #[test]
     fn a_contender_failing_every_round_is_reported_failed_with_the_reason() {
         let sample = Sample {
             round: 1,
             test: "connrate".into(),
             contender: "haproxy".into(),
+            threads: Some(1),
             outcome: Outcome::Failed {
                 error: "exited during start-up".into(),
             },

@@ -67,6 +67,11 @@ pub fn render(report: &Report) -> String {
             },
             "conn_per_s",
         ),
+        by_contender(
+            "UDP datagrams received per second (median)",
+            |test| matches!(test, TestCase::Udp(_)),
+            "pps",
+        ),
     ];
     if let Some(latency) = report
         .tests
@@ -81,7 +86,7 @@ pub fn render(report: &Report) -> String {
                 .rows
                 .iter()
                 .map(|row| Group {
-                    label: row.contender.clone(),
+                    label: row.label.clone(),
                     values: percentiles
                         .iter()
                         .map(|key| row.medians.get(*key).copied())
@@ -103,7 +108,9 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let title = format!(
         "uringgost-bench {} UTC, {} CPUs, {} thread(s) per forwarder",
-        report.run.started_utc, report.run.machine.nproc, report.run.threads
+        report.run.started_utc,
+        report.run.machine.nproc,
+        report.run.threads_text()
     );
     text(
         &mut svg,
