@@ -31,6 +31,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A bare word that is not a level would be taken as a target name and silence every
+    // log line; only levels and directives with `=` are accepted.
+    let level = cli.log_level.to_ascii_lowercase();
+    let is_level = ["error", "warn", "info", "debug", "trace", "off"].contains(&level.as_str());
+    if !is_level && !cli.log_level.contains('=') {
+        eprintln!(
+            "error: --log-level {:?} is not a level; valid: error, warn, info, debug, trace, \
+             off, or a directive such as uringgost=debug",
+            cli.log_level
+        );
+        return ExitCode::from(2);
+    }
     let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
         Ok(filter) => filter,
         Err(error) => {

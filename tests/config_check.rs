@@ -143,3 +143,50 @@ fn check_rejects_an_unknown_default_relay_naming_key_and_value() {
 
     assert_rejected(&checked, &["relay", "zerocopy"]);
 }
+
+#[test]
+fn check_rejects_two_services_on_one_address_naming_both() {
+    let second = VALID
+        .replace("service-0", "service-1")
+        .replace("19000", "19001");
+    let checked = check(&format!("{VALID}{second}"));
+    assert_rejected(
+        &checked,
+        &[
+            "service \"service-1\": addr: 127.0.0.1:18000 (tcp) is also the address of service \
+             \"service-0\"",
+        ],
+    );
+}
+
+#[test]
+fn check_rejects_a_target_that_is_the_services_own_address() {
+    let checked = check(&VALID.replace("127.0.0.1:19000", "127.0.0.1:18000"));
+    assert_rejected(
+        &checked,
+        &[
+            "service \"service-0\": forwarder.nodes \"target-0\".addr: 127.0.0.1:18000 is where \
+           this service listens",
+        ],
+    );
+}
+
+#[test]
+fn a_log_level_that_is_not_a_level_is_refused_instead_of_silencing_logs() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_uringgost"))
+        .args([
+            "--log-level",
+            "warning",
+            "check",
+            "--config",
+            "/nonexistent.toml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--log-level \"warning\" is not a level"),
+        "{stderr}"
+    );
+}

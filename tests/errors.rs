@@ -199,3 +199,26 @@ fn bytes_the_hop_sends_right_after_its_200_header_reach_the_client_first() {
     assert_eq!(&first, b"HELLO");
     assert_eq!(echoed, b"after HELLO");
 }
+
+#[test]
+fn a_second_instance_on_the_same_address_fails_to_start_instead_of_sharing_it() {
+    let test = "a_second_instance_on_the_same_address_fails_to_start_instead_of_sharing_it";
+    if !netns_available(test) {
+        return;
+    }
+    let netns = Netns::create("twice");
+    let listen = configs::addr(std::net::Ipv4Addr::LOCALHOST, 18000);
+    let target = configs::addr(std::net::Ipv4Addr::LOCALHOST, 19000);
+    let config = configs::forward("service-0", listen, netns.name(), None, None, target);
+    let _first = Engine::start(&netns, &config, &[]);
+
+    assert_start_fails(
+        &netns,
+        &config,
+        &[
+            "service \"service-0\"",
+            "127.0.0.1:18000",
+            "another service or process holds",
+        ],
+    );
+}

@@ -526,3 +526,66 @@ fn chain_engine_tinyproxy_microsocks_target_across_namespaces_relays_16_mib_each
         "tinyproxy was asked for microsocks:\n{tinyproxy_log}"
     );
 }
+
+#[test]
+fn a_plain_request_goes_on_with_its_body_and_nothing_pipelined_after_it() {
+    let test = "a_plain_request_goes_on_with_its_body_and_nothing_pipelined_after_it";
+    if !netns_available(test) {
+        return;
+    }
+    let netns = Netns::create("pipe");
+    let origin = common::peers::Server::start(netns.name(), ORIGIN, |mut stream, _peer| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0; 4096];
+        let complete = |received: &[u8]| {
+            let text = String::from_utf8_lossy(received);
+            text.find("\r\n\r\n")
+                .is_some_and(|end| received.len() >= end + 4 + 5)
+        };
+        while !complete(&received) {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => received.extend_from_slice(&buf[..read]),
+            }
+        }
+        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+        stream.write_all(answer.as_bytes()).unwrap();
+        // Whatever else the proxy sends on this connection, until it closes or goes quiet.
+        while let Ok(read @ 1..) = stream.read(&mut buf) {
+            received.extend_from_slice(&buf[..read]);
+        }
+        String::from_utf8_lossy(&received).into_owned()
+    });
+    let _engine = Engine::start(&netns, &proxy("http", PROXY, Some(("u", "p")), None), &[]);
+
+    let client = netns.spawn("client", || {
+        let mut stream = connect(PROXY);
+        let auth = "Proxy-Authorization: Basic dTpw\r\n";
+        let requests = format!(
+            "POST http://127.0.0.1:9000/a HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n{auth}\
+             Content-Length: 5\r\n\r\nhello\
+             GET http://other.test/b HTTP/1.1\r\nHost: other.test\r\n{auth}\r\n"
+        );
+        stream.write_all(requests.as_bytes()).unwrap();
+        read_until_closed(&mut stream).0
+    });
+    let response = String::from_utf8(client.join(STEP_TIMEOUT)).unwrap();
+    let seen = origin.stop();
+
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response:?}");
+    assert!(response.ends_with("\r\n\r\nok"), "{response:?}");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let request = &seen[0];
+    assert!(request.starts_with("POST /a HTTP/1.1\r\n"), "{request:?}");
+    assert!(
+        request.ends_with("\r\n\r\nhello"),
+        "exactly the body, nothing after: {request:?}"
+    );
+    assert!(
+        !request.contains("other.test") && !request.contains("Proxy-"),
+        "{request:?}"
+    );
+}

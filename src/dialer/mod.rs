@@ -85,7 +85,9 @@ impl OutboundPools {
             if let Some(refill) = &pool.refill {
                 match refill.try_recv() {
                     Ok(Ok(fds)) => {
-                        pool.ready.extend(fds);
+                        // After a burst the pool keeps at most two batches.
+                        let room = (2 * POOL_BATCH).saturating_sub(pool.ready.len());
+                        pool.ready.extend(fds.into_iter().take(room));
                         pool.refill = None;
                     }
                     Ok(Err(error)) => {
@@ -105,23 +107,16 @@ impl OutboundPools {
             if let Some(fd) = pool.ready.pop() {
                 return Ok(fd);
             }
-            // Dry: this dial asks for its own batch rather than sharing the refill's answer,
-            // which only `take` may collect.
-            self.helper
-                .request_sockets(netns, transport, ipv6, POOL_BATCH)
+            // Dry: this dial asks for one socket of its own rather than sharing the refill's
+            // answer, which only `take` collects. One, not a batch: in a burst every waiting
+            // dial asks, and batches would pile up idle sockets.
+            self.helper.request_sockets(netns, transport, ipv6, 1)
         };
         let mut fds = own_request
             .recv_async()
             .await
             .map_err(|_| SocketRequestError::Stopped)??;
-        let fd = fds.pop().ok_or(SocketRequestError::Stopped)?;
-        self.pools
-            .borrow_mut()
-            .entry(key)
-            .or_default()
-            .ready
-            .extend(fds);
-        Ok(fd)
+        fds.pop().ok_or(SocketRequestError::Stopped)
     }
 }
 

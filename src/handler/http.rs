@@ -7,8 +7,8 @@ use monoio::net::TcpStream;
 use super::{OpenError, Proxy, ServeError};
 use crate::config::Address;
 use crate::http::{HeadError, MAX_HEADERS, read_head};
-use crate::relay::{Transfer, relay};
-use crate::stream::write_all;
+use crate::relay::{RelayError, Transfer, one_way, relay};
+use crate::stream::{read_some, write_all};
 
 /// Headers that concern only the hop between the client and this proxy.
 const HOP_HEADERS: [&str; 4] = [
@@ -148,11 +148,13 @@ async fn connect(
 }
 
 /// A plain request with an absolute URI: sent on to the origin in origin form with
-/// `Connection: close`, then the rest of the connection is relayed as is.
+/// `Connection: close`, with exactly its `Content-Length` of body; then the origin's answer
+/// is relayed to its end. Anything the client pipelined after this request is not sent on:
+/// it may be meant for another host, and carries the client's proxy credentials.
 async fn forward(
     proxy: &Proxy<'_>,
     request: &Request,
-    early: Vec<u8>,
+    mut early: Vec<u8>,
 ) -> Result<Transfer, ServeError> {
     let client = proxy.client;
     let Some((authority, path)) = split_absolute_uri(&request.target) else {
@@ -161,6 +163,15 @@ async fn forward(
             request.method, request.target
         );
         return refuse(client, "400 Bad Request", &reason).await;
+    };
+    if request.header("transfer-encoding").is_some() {
+        let reason = "chunked request bodies are not forwarded; use CONNECT for this request";
+        return refuse(client, "501 Not Implemented", reason).await;
+    }
+    let body_length = match request.header("content-length").map(parse_length) {
+        None => 0,
+        Some(Some(length)) => length,
+        Some(None) => return refuse(client, "400 Bad Request", "invalid Content-Length").await,
     };
     let destination = match Address::parse(&authority) {
         Ok(address) => address,
@@ -195,16 +206,50 @@ async fn forward(
         }
     }
     head.extend_from_slice(b"Connection: close\r\n\r\n");
+    early.truncate(
+        usize::try_from(body_length)
+            .unwrap_or(usize::MAX)
+            .min(early.len()),
+    );
     head.extend_from_slice(&early);
     let setup = |error: std::io::Error| ServeError::Setup(format!("sending the request: {error}"));
     write_all(&upstream.stream, &head).await.map_err(setup)?;
+    let mut body_left = body_length - early.len() as u64;
+    let mut buf = vec![0; 16 * 1024];
+    while body_left > 0 {
+        let want = buf
+            .len()
+            .min(usize::try_from(body_left).unwrap_or(usize::MAX));
+        let read = read_some(client, &mut buf[..want]).await.map_err(setup)?;
+        if read == 0 {
+            return Err(ServeError::Setup(format!(
+                "the client closed with {body_left} bytes of the request body unsent"
+            )));
+        }
+        write_all(&upstream.stream, &buf[..read])
+            .await
+            .map_err(setup)?;
+        body_left -= read as u64;
+    }
     if !upstream.pending.is_empty() {
         write_all(client, &upstream.pending).await.map_err(setup)?;
     }
-    let mut transfer = relay(client, &upstream.stream, proxy.service.relay).await?;
-    transfer.sent += head.len() as u64;
-    transfer.received += upstream.pending.len() as u64;
-    Ok(transfer)
+    let received = one_way(&upstream.stream, client, proxy.service.relay)
+        .await
+        .map_err(RelayError::Downstream)?;
+    Ok(Transfer {
+        sent: head.len() as u64 + body_length - early.len() as u64,
+        received: received + upstream.pending.len() as u64,
+    })
+}
+
+/// A `Content-Length` value: digits only.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// `http://host[:port]/path` → (`host:port`, `/path`). Only `http` is forwarded in plain

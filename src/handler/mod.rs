@@ -167,18 +167,20 @@ impl Proxy<'_> {
                 IpAddr::from([0, 0, 0, 0]),
                 destination.port(),
             )),
-            Egress::Direct { netns } => self
-                .core
-                .helper
-                .resolve(
-                    netns.as_ref().map(|netns| netns.id),
-                    destination.authority(),
-                )
-                .recv_async()
-                .await
-                .map_err(|_| std::io::Error::other("the namespace helper has stopped"))
-                .and_then(|resolved| resolved)
-                .map_err(|error| OpenError::Resolve(destination.to_string(), error)),
+            Egress::Direct { netns } => {
+                let netns = netns.as_ref().map(|netns| netns.id);
+                let answer = self.core.helper.resolve(netns, destination.authority());
+                let limit = self.service.timeouts.dial;
+                let resolved = match monoio::time::timeout(limit, answer.recv_async()).await {
+                    Ok(Ok(resolved)) => resolved,
+                    Ok(Err(_)) => Err(std::io::Error::other("the resolver thread has stopped")),
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {limit:?}"),
+                    )),
+                };
+                resolved.map_err(|error| OpenError::Resolve(destination.to_string(), error))
+            }
         }
     }
 }

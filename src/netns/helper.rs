@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use nix::sched::{CloneFlags, setns};
@@ -82,21 +83,39 @@ enum Job {
     },
 }
 
-/// A handle to the helper thread; cheap to clone, one per executor.
+/// A handle to the helper threads; cheap to clone, one per executor.
 #[derive(Clone)]
 pub struct NamespaceHelper {
     jobs: flume::Sender<Job>,
+    lookups: Arc<Lookups>,
+}
+
+/// The resolver thread, started at the first name lookup: most routes never need one, and
+/// a lookup must not hold up socket creation behind a slow DNS server.
+struct Lookups {
+    table: Arc<NamespaceTable>,
+    home: Arc<File>,
+    jobs: OnceLock<flume::Sender<Job>>,
 }
 
 impl NamespaceHelper {
     /// Starts the helper thread, which owns the opened namespaces from now on.
     pub fn start(table: NamespaceTable) -> io::Result<(NamespaceHelper, JoinHandle<()>)> {
-        let home = File::open("/proc/thread-self/ns/net")?;
+        let home = Arc::new(File::open("/proc/thread-self/ns/net")?);
+        let table = Arc::new(table);
         let (jobs, queue) = flume::unbounded();
-        let thread = std::thread::Builder::new()
-            .name("ug-netns".to_owned())
-            .spawn(move || serve(&table, &home, queue))?;
-        Ok((NamespaceHelper { jobs }, thread))
+        let thread = {
+            let (table, home) = (table.clone(), home.clone());
+            std::thread::Builder::new()
+                .name("ug-netns".to_owned())
+                .spawn(move || serve(&table, &home, queue))?
+        };
+        let lookups = Arc::new(Lookups {
+            table,
+            home,
+            jobs: OnceLock::new(),
+        });
+        Ok((NamespaceHelper { jobs, lookups }, thread))
     }
 
     /// Creates `count` SO_REUSEPORT listeners on `addr` in `netns` (or in the process's own
@@ -169,15 +188,27 @@ impl NamespaceHelper {
     /// Resolves `host:port` from inside `netns`, so the query leaves from the namespace the
     /// connection will. Returns at once; the answer arrives on the returned channel.
     ///
-    /// Resolution blocks the helper while it runs, so a slow resolver delays socket refills
-    /// too; a resolver thread of its own (or an async resolver) would remove that coupling.
+    /// Lookups run one at a time on a resolver thread of their own (`ug-resolve`), so a slow
+    /// DNS server delays other lookups but never socket creation; callers bound the wait.
     pub fn resolve(
         &self,
         netns: Option<NamespaceId>,
         authority: String,
     ) -> flume::Receiver<io::Result<SocketAddr>> {
         let (reply, answer) = flume::bounded(1);
-        if let Err(flume::SendError(Job::Resolve { reply, .. })) = self.jobs.send(Job::Resolve {
+        let lookups = self.lookups.jobs.get_or_init(|| {
+            let (jobs, queue) = flume::unbounded();
+            let (table, home) = (self.lookups.table.clone(), self.lookups.home.clone());
+            let started = std::thread::Builder::new()
+                .name("ug-resolve".to_owned())
+                .spawn(move || serve(&table, &home, queue));
+            if let Err(error) = started {
+                // The queue's receiver is gone with the closure: every lookup then fails.
+                tracing::error!(%error, "cannot start the resolver thread");
+            }
+            jobs
+        });
+        if let Err(flume::SendError(Job::Resolve { reply, .. })) = lookups.send(Job::Resolve {
             netns,
             authority,
             reply,
@@ -197,7 +228,7 @@ fn serve(table: &NamespaceTable, home: &File, queue: flume::Receiver<Job>) {
                 count,
                 reply,
             } => {
-                let result = bound(table, home, netns, addr, count, bind_listener);
+                let result = bound(table, home, netns, addr, count, Type::STREAM, bind_listener);
                 // The requester may have given up; nothing is owed to it then.
                 let _ = reply.send(result);
             }
@@ -207,7 +238,7 @@ fn serve(table: &NamespaceTable, home: &File, queue: flume::Receiver<Job>) {
                 count,
                 reply,
             } => {
-                let result = bound(table, home, netns, addr, count, bind_datagram);
+                let result = bound(table, home, netns, addr, count, Type::DGRAM, bind_datagram);
                 let _ = reply.send(result);
             }
             Job::Sockets {
@@ -266,9 +297,14 @@ fn bound<S>(
     netns: Option<NamespaceId>,
     addr: SocketAddr,
     count: usize,
+    kind: Type,
     bind: fn(SocketAddr) -> Result<S, (&'static str, io::Error)>,
 ) -> Result<Vec<S>, SocketRequestError> {
     within(table, home, netns, || {
+        // SO_REUSEPORT would let these sockets join a group some other process (or an
+        // earlier instance) already bound, and split its traffic silently: an exclusive bind
+        // first proves the address is free.
+        exclusive_probe(addr, kind)?;
         (0..count)
             .map(|_| bind(addr))
             .collect::<Result<Vec<_>, _>>()
@@ -327,6 +363,31 @@ fn bind_datagram(addr: SocketAddr) -> Result<UdpSocket, (&'static str, io::Error
     Ok(socket.into())
 }
 
+/// Binds `addr` without SO_REUSEPORT and lets it go: fails with EADDRINUSE when anything
+/// holds the address, SO_REUSEPORT group or not.
+fn exclusive_probe(addr: SocketAddr, kind: Type) -> Result<(), (&'static str, io::Error)> {
+    let probe = Socket::new(Domain::for_address(addr), kind, None)
+        .map_err(|error| ("create a probe socket for", error))?;
+    if kind == Type::STREAM {
+        // Connections of an earlier instance in TIME_WAIT must not block a restart.
+        probe
+            .set_reuse_address(true)
+            .map_err(|error| ("set SO_REUSEADDR on", error))?;
+    }
+    if addr.is_ipv6() {
+        probe
+            .set_only_v6(true)
+            .map_err(|error| ("set IPV6_V6ONLY on", error))?;
+    }
+    probe.bind(&addr.into()).map_err(|error| {
+        if error.kind() == io::ErrorKind::AddrInUse {
+            ("bind (another service or process holds the address)", error)
+        } else {
+            ("bind", error)
+        }
+    })
+}
+
 /// A non-blocking socket bound to `addr` with SO_REUSEPORT, so that every executor binds
 /// its own; an IPv6 one takes IPv6 only, leaving IPv4 to a service of its own.
 fn reusable_bound(
@@ -337,9 +398,12 @@ fn reusable_bound(
 ) -> Result<Socket, (&'static str, io::Error)> {
     let socket =
         Socket::new(Domain::for_address(addr), kind, Some(protocol)).map_err(|e| (create, e))?;
-    socket
-        .set_reuse_address(true)
-        .map_err(|error| ("set SO_REUSEADDR on", error))?;
+    if kind == Type::STREAM {
+        // Only for TCP: on UDP it would let unrelated sockets share the port.
+        socket
+            .set_reuse_address(true)
+            .map_err(|error| ("set SO_REUSEADDR on", error))?;
+    }
     socket
         .set_reuse_port(true)
         .map_err(|error| ("set SO_REUSEPORT on", error))?;

@@ -108,6 +108,17 @@ pub async fn relay(
     }
 }
 
+/// Moves `source` to `destination` until `source` ends, then shuts down `destination`'s
+/// write half: for exchanges whose other direction the protocol has already finished (a
+/// proxied HTTP request, sent in full).
+pub async fn one_way(
+    source: &TcpStream,
+    destination: &TcpStream,
+    mode: RelayMode,
+) -> io::Result<u64> {
+    copy(source, destination, mode, true, &Cell::new(false)).await
+}
+
 /// One direction, to the source's end, which is passed on as a shutdown of the
 /// destination's write half. The direction that ends second skips that: both sockets are
 /// closed right after, and the close sends the same FIN.

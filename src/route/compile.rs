@@ -99,9 +99,84 @@ impl Compiler<'_> {
             .into_iter()
             .filter_map(|service| self.udp_service(service, config))
             .collect();
-        Routes {
+        let routes = Routes {
             services,
             udp_services,
+        };
+        self.distinct_addresses(&routes);
+        self.no_self_loops(&routes);
+        routes
+    }
+
+    /// A service whose target is its own address would accept its own dials until the
+    /// process runs out of descriptors.
+    fn no_self_loops(&mut self, routes: &Routes) {
+        for service in &routes.services {
+            let Handler::Forward {
+                targets,
+                egress: Egress::Direct { netns },
+                ..
+            } = &service.handler
+            else {
+                continue;
+            };
+            if netns.as_ref().map(|n| &n.name) != service.netns.as_ref().map(|n| &n.name) {
+                continue;
+            }
+            let listen = service.listen;
+            for target in &targets.nodes {
+                let addr = target.socket_addr;
+                let same = addr == listen
+                    || (listen.ip().is_unspecified()
+                        && addr.port() == listen.port()
+                        && addr.ip().is_loopback());
+                if same {
+                    self.problem(
+                        &format!("service \"{}\"", service.name),
+                        &format!("forwarder.nodes \"{}\".addr", target.name),
+                        format!(
+                            "{addr} is where this service listens: every connection would \
+                             loop back into it; point the target elsewhere"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Two services on one address would share it through SO_REUSEPORT and split its
+    /// traffic between two handlers.
+    fn distinct_addresses(&mut self, routes: &Routes) {
+        let tcp = routes
+            .services
+            .iter()
+            .map(|s| (&s.name, "tcp", s.listen, &s.netns));
+        let udp = routes
+            .udp_services
+            .iter()
+            .map(|s| (&s.name, "udp", s.listen, &s.netns));
+        let mut seen: Vec<(&String, &str, SocketAddr, Option<&str>)> = Vec::new();
+        for (name, transport, listen, netns) in tcp.chain(udp) {
+            let netns = netns.as_ref().map(|netns| &*netns.name);
+            let clash = seen
+                .iter()
+                .find(|(_, other_transport, other_listen, other_netns)| {
+                    *other_transport == transport
+                        && *other_listen == listen
+                        && *other_netns == netns
+                });
+            if let Some((other, ..)) = clash {
+                self.problem(
+                    &format!("service \"{name}\""),
+                    "addr",
+                    format!(
+                        "{listen} ({transport}) is also the address of service \"{other}\"; \
+                         each service needs an address of its own"
+                    ),
+                );
+            } else {
+                seen.push((name, transport, listen, netns));
+            }
         }
     }
 

@@ -65,6 +65,15 @@ impl Compiler<'_> {
         }
         let netns = self.namespace(&place, "metadata.netns", metadata.netns.as_deref());
         let netns_out = self.namespace(&place, "metadata.netns.out", metadata.netns_out.as_deref());
+        let selector = config.forwarder.as_ref().and_then(|f| f.selector.as_ref());
+        if selector.is_some_and(|s| s.max_fails.is_some() || s.fail_timeout.is_some()) {
+            self.problem(
+                &place,
+                "forwarder.selector",
+                "maxFails and failTimeout need a failure to count, and a UDP target gives none; \
+                 remove them (strategy, weight and backup apply)",
+            );
+        }
         let hosts = self.hosts(&place, config, whole);
         let targets = self.targets(&place, config, None, &hosts);
         let sessions = SessionLimits {
