@@ -68,7 +68,7 @@ impl EgressError {
         match self {
             EgressError::Dial { .. } => true,
             EgressError::HopDial { .. } => false,
-            EgressError::Handshake { source, last, .. } => *last && !source.blames_proxy(),
+            EgressError::Handshake { source, last, .. } => *last && !source.blames_proxy(true),
         }
     }
 
@@ -183,7 +183,7 @@ async fn through_chain(
             Err(source) => {
                 // A proxy that misbehaves is marked; a refusal to reach the next hop's node
                 // counts against that node.
-                match (source.blames_proxy(), next) {
+                match (source.blames_proxy(next.is_none()), next) {
                     (true, _) => hop.nodes.failed(index, Instant::now()),
                     (false, Some((next_hop, next_index))) => {
                         next_hop.nodes.failed(next_index, Instant::now())

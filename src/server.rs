@@ -34,10 +34,14 @@ pub fn run(routes: Routes, namespaces: NamespaceTable, threads: usize) -> anyhow
     let driver = if monoio::utils::detect_uring() {
         "io_uring"
     } else {
-        tracing::warn!(
-            "io_uring is unavailable (kernel.io_uring_disabled, seccomp or an old kernel); \
-             serving on the epoll fallback"
-        );
+        if std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_some() {
+            tracing::warn!("MONOIO_FORCE_LEGACY_DRIVER is set: serving on the epoll fallback");
+        } else {
+            tracing::warn!(
+                "io_uring is unavailable (kernel.io_uring_disabled, seccomp or an old kernel); \
+                 serving on the epoll fallback"
+            );
+        }
         "epoll"
     };
 
@@ -75,6 +79,13 @@ pub fn run(routes: Routes, namespaces: NamespaceTable, threads: usize) -> anyhow
     }
 
     let cpus = executor::allowed_cpus();
+    if threads > cpus.len().max(1) {
+        tracing::warn!(
+            executors = threads,
+            cpus = cpus.len(),
+            "more executors than CPUs: several share a CPU and wait for each other"
+        );
+    }
     let (ready, started) = std::sync::mpsc::channel();
     let sockets = per_executor.into_iter().zip(datagram_sockets);
     for (index, (listeners, datagram_sockets)) in sockets.enumerate() {

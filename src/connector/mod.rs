@@ -37,8 +37,16 @@ pub enum HandshakeError {
 impl HandshakeError {
     /// Whether the proxy itself is at fault (down, misbehaving, or refusing us), as opposed
     /// to refusing the destination it was asked for.
-    pub fn blames_proxy(&self) -> bool {
-        !matches!(self, HandshakeError::Refused(_))
+    ///
+    /// `last` says the proxy was asked for the destination itself: a timeout there is most
+    /// likely the proxy waiting on a destination that does not answer, which must not mark
+    /// the proxy dead for every other client.
+    pub fn blames_proxy(&self, last: bool) -> bool {
+        match self {
+            HandshakeError::Refused(_) => false,
+            HandshakeError::Timeout(_) => !last,
+            _ => true,
+        }
     }
 }
 

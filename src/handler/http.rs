@@ -8,6 +8,7 @@ use super::{OpenError, Proxy, ServeError};
 use crate::config::Address;
 use crate::http::{HeadError, MAX_HEADERS, read_head};
 use crate::relay::{RelayError, Transfer, one_way, relay};
+use crate::route::Credentials;
 use crate::stream::{read_some, write_all};
 
 /// Headers that concern only the hop between the client and this proxy.
@@ -55,7 +56,7 @@ pub(super) async fn serve(proxy: &Proxy<'_>, mut buf: Vec<u8>) -> Result<Transfe
         }
         Ok(status)
     });
-    let length = match monoio::time::timeout(proxy.handshake_timeout(), head).await {
+    let length = match monoio::time::timeout_at(proxy.handshake_deadline, head).await {
         Ok(Ok(length)) => length,
         Ok(Err(HeadError::Malformed(error))) => {
             return refuse(
@@ -83,7 +84,7 @@ pub(super) async fn serve(proxy: &Proxy<'_>, mut buf: Vec<u8>) -> Result<Transfe
     };
 
     if let Some(auth) = proxy.auth
-        && request.header("proxy-authorization") != Some(auth.basic.as_bytes())
+        && !authorized(request.header("proxy-authorization"), auth)
     {
         let answer = "HTTP/1.1 407 Proxy Authentication Required\r\n\
                       Proxy-Authenticate: Basic realm=\"uringgost\"\r\n\
@@ -252,6 +253,34 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     text.parse().ok()
 }
 
+/// Whether a `Proxy-Authorization` value carries `auth`: the scheme is matched without
+/// regard to case, as HTTP wants, and the credentials in time that does not depend on where
+/// they first differ.
+fn authorized(header: Option<&[u8]>, auth: &Credentials) -> bool {
+    use base64::Engine;
+    let Some(value) = header.and_then(|value| std::str::from_utf8(value).ok()) else {
+        return false;
+    };
+    let Some((scheme, token)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return false;
+    }
+    let Ok(given) = base64::engine::general_purpose::STANDARD.decode(token.trim()) else {
+        return false;
+    };
+    let expected = format!("{}:{}", auth.username, auth.password);
+    let expected = expected.as_bytes();
+    let differences = given
+        .iter()
+        .zip(expected)
+        .fold(given.len() ^ expected.len(), |acc, (a, b)| {
+            acc | usize::from(a ^ b)
+        });
+    differences == 0
+}
+
 /// `http://host[:port]/path` → (`host:port`, `/path`). Only `http` is forwarded in plain
 /// form; clients use CONNECT for anything else.
 fn split_absolute_uri(uri: &str) -> Option<(String, String)> {
@@ -307,6 +336,22 @@ async fn refuse(client: &TcpStream, status: &str, reason: &str) -> Result<Transf
 #[cfg(test)]
 mod tests {
     use super::split_absolute_uri;
+    use crate::route::Credentials;
+
+    #[test]
+    fn basic_credentials_match_with_any_scheme_case_and_only_exactly() {
+        let auth = Credentials {
+            username: "u".to_owned(),
+            password: "p".to_owned(),
+            basic: "Basic dTpw".to_owned(),
+        };
+        assert!(super::authorized(Some(b"Basic dTpw"), &auth));
+        assert!(super::authorized(Some(b"basic  dTpw "), &auth));
+        assert!(!super::authorized(Some(b"Basic dTpx"), &auth));
+        assert!(!super::authorized(Some(b"Basic dTpwcA=="), &auth));
+        assert!(!super::authorized(Some(b"Bearer dTpw"), &auth));
+        assert!(!super::authorized(None, &auth));
+    }
 
     #[test]
     fn absolute_uris_split_into_authority_and_origin_form() {

@@ -52,6 +52,7 @@ pub async fn serve(core: Rc<Core>, service: Rc<Service>, client: TcpStream, peer
                 attempts: *attempts,
                 client: &client,
                 peer,
+                handshake_deadline: monoio::time::Instant::now() + service.timeouts.handshake,
             };
             // Boxed so that the handshake state of proxies does not size every forward.
             Box::pin(proxy.serve(*protocol)).await
@@ -79,6 +80,8 @@ struct Proxy<'a> {
     attempts: u32,
     client: &'a TcpStream,
     peer: SocketAddr,
+    /// When the client's handshake must be complete, however many reads it takes.
+    handshake_deadline: monoio::time::Instant,
 }
 
 /// Why a proxy's destination could not be opened.
@@ -98,8 +101,8 @@ impl Proxy<'_> {
             ProxyProtocol::Auto => {
                 // SOCKS5 starts with its version byte; an HTTP request with a method name.
                 let mut first = vec![0; 512];
-                let read = monoio::time::timeout(
-                    self.handshake_timeout(),
+                let read = monoio::time::timeout_at(
+                    self.handshake_deadline,
                     read_some(self.client, &mut first),
                 )
                 .await

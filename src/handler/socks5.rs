@@ -13,7 +13,8 @@ use crate::stream::{Incoming, write_all};
 pub(super) async fn serve(proxy: &Proxy<'_>, already: Vec<u8>) -> Result<Transfer, ServeError> {
     let client = proxy.client;
     let mut input = Incoming::new(client, already);
-    let handshake = monoio::time::timeout(proxy.handshake_timeout(), negotiate(proxy, &mut input));
+    let handshake =
+        monoio::time::timeout_at(proxy.handshake_deadline, negotiate(proxy, &mut input));
     let destination = match handshake.await {
         Ok(Ok(destination)) => destination,
         Ok(Err(error)) => return Err(error),
@@ -108,7 +109,12 @@ async fn negotiate(proxy: &Proxy<'_>, input: &mut Incoming<'_>) -> Result<Addres
     }
 
     let head = input.exact(4).await.map_err(io)?;
-    let (command, address_type) = (head[1], head[3]);
+    let (version, command, address_type) = (head[0], head[1], head[3]);
+    if version != socks5::VERSION {
+        return Err(ServeError::Setup(format!(
+            "SOCKS5 request with version byte {version}"
+        )));
+    }
     if command != socks5::CONNECT {
         let _ = write_all(client, &reply(socks5::COMMAND_NOT_SUPPORTED)).await;
         return Err(ServeError::Setup(format!(
@@ -147,10 +153,17 @@ async fn negotiate(proxy: &Proxy<'_>, input: &mut Incoming<'_>) -> Result<Addres
     };
     let port = input.exact(2).await.map_err(io)?;
     let port = u16::from_be_bytes([port[0], port[1]]);
-    match destination {
+    let destination = match destination {
+        _ if port == 0 => Err("port 0".to_owned()),
         Ok(ip) => Ok(Address::from_ip(ip, port)),
-        Err(name) => Address::from_name(&name, port)
-            .map_err(|error| ServeError::Setup(format!("SOCKS5 destination: {error}"))),
+        Err(name) => Address::from_name(&name, port).map_err(|error| error.to_string()),
+    };
+    match destination {
+        Ok(destination) => Ok(destination),
+        Err(reason) => {
+            let _ = write_all(client, &reply(socks5::HOST_UNREACHABLE)).await;
+            Err(ServeError::Setup(format!("SOCKS5 destination: {reason}")))
+        }
     }
 }
 

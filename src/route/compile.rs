@@ -80,9 +80,12 @@ impl Compiler<'_> {
                     .to_owned(),
             );
         }
-        self.unique_names("services", config.services.iter().map(|s| s.name.as_str()));
-        self.unique_names("chains", config.chains.iter().map(|c| c.name.as_str()));
-        self.unique_names("hosts", config.hosts.iter().map(|h| h.name.as_str()));
+        self.unique_names(
+            "[[services]]",
+            config.services.iter().map(|s| s.name.as_str()),
+        );
+        self.unique_names("[[chains]]", config.chains.iter().map(|c| c.name.as_str()));
+        self.unique_names("[[hosts]]", config.hosts.iter().map(|h| h.name.as_str()));
         let default_relay = match &config.relay {
             None => RelayMode::default(),
             Some(value) => self.relay_mode("top level", "relay", value),
@@ -180,15 +183,16 @@ impl Compiler<'_> {
         }
     }
 
-    fn unique_names<'n>(&mut self, table: &str, names: impl Iterator<Item = &'n str>) {
+    /// Checks that the names of one list (`place` says which) are set and distinct.
+    fn unique_names<'n>(&mut self, place: &str, names: impl Iterator<Item = &'n str>) {
         let mut seen = HashSet::new();
         for name in names {
             if name.is_empty() {
                 self.problems
-                    .push(format!("[[{table}]]: name: must not be empty"));
+                    .push(format!("{place}: name: must not be empty"));
             } else if !seen.insert(name) {
                 self.problems.push(format!(
-                    "[[{table}]] \"{name}\": name: \"{name}\" is used twice; names must be unique"
+                    "{place}: name: \"{name}\" is used twice; names must be unique"
                 ));
             }
         }
@@ -248,8 +252,8 @@ impl Compiler<'_> {
                 &place,
                 "listener.type",
                 format!(
-                    "\"{}\" is not a listener type; valid: tcp",
-                    config.listener.kind
+                    "\"{}\" is not a listener type for handler {}; valid: tcp",
+                    config.listener.kind, config.handler.kind
                 ),
             );
         }
@@ -414,6 +418,10 @@ impl Compiler<'_> {
             );
         }
         let selector = self.selector(place, "forwarder.selector", forwarder.selector.as_ref());
+        self.unique_names(
+            &format!("{place} forwarder.nodes"),
+            forwarder.nodes.iter().map(|node| node.name.as_str()),
+        );
         let through_chain = matches!(egress, Some(Egress::Chain(_)));
         let mut targets = Vec::new();
         let mut weights = Vec::new();
@@ -515,9 +523,28 @@ impl Compiler<'_> {
         backup: Option<bool>,
         metadata: Option<&NodeMetadata>,
     ) -> Weight {
+        let key = if key.is_empty() {
+            String::new()
+        } else {
+            format!("{key}.")
+        };
+        let both = |set: bool, in_metadata: bool| set && in_metadata;
+        if both(
+            weight.is_some(),
+            metadata.is_some_and(|m| m.weight.is_some()),
+        ) || both(
+            backup.is_some(),
+            metadata.is_some_and(|m| m.backup.is_some()),
+        ) {
+            self.problem(
+                place,
+                &format!("{key}metadata"),
+                "weight and backup are set both on the node and in its metadata; keep one",
+            );
+        }
         let weight = weight.or(metadata.and_then(|m| m.weight)).unwrap_or(1);
         if weight == 0 {
-            self.problem(place, &format!("{key}.weight"), "must be at least 1");
+            self.problem(place, &format!("{key}weight"), "must be at least 1");
         }
         let backup = backup.or(metadata.and_then(|m| m.backup)).unwrap_or(false);
         Weight {
@@ -560,7 +587,7 @@ impl Compiler<'_> {
             self.problem(&place, "hops", "a chain needs at least one [[chains.hops]]");
         }
         self.unique_names(
-            &format!("chains.hops of chain \"{}\"", config.name),
+            &format!("chain \"{}\" hops", config.name),
             config.hops.iter().map(|hop| hop.name.as_str()),
         );
         let mut hops = Vec::new();
@@ -576,6 +603,10 @@ impl Compiler<'_> {
             // A hop without a namespace of its own is dialed from the service's netns.out.
             let hop_netns = self.namespace(&place, "metadata.netns", hop.metadata.netns.as_deref());
             let selector = self.selector(&place, "selector", hop.selector.as_ref());
+            self.unique_names(
+                &format!("{place} nodes"),
+                hop.nodes.iter().map(|node| node.name.as_str()),
+            );
             let mut nodes = Vec::new();
             let mut weights = Vec::new();
             for node in &hop.nodes {
@@ -668,26 +699,46 @@ fn credentials(auth: &AuthConfig) -> Credentials {
     }
 }
 
-/// Parses a duration written as GOST writes them: `500ms`, `10s`, `2m`, `1h`, or a plain
-/// number of seconds.
+/// Parses a duration as GOST (Go) writes them: `500ms`, `10s`, `1m30s`, `1.5h`, `100us`,
+/// or a plain number of seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
     let invalid =
-        || format!("\"{text}\" is not a duration; write e.g. \"500ms\", \"10s\" or \"2m\"");
-    let number: f64 = number.parse().map_err(|_| invalid())?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return Err(invalid()),
-    };
-    if !(seconds > 0.0 && seconds < 1e9) {
+        || format!("\"{text}\" is not a duration; write e.g. \"500ms\", \"10s\" or \"1m30s\"");
+    let mut seconds = 0.0;
+    let mut rest = text;
+    if rest.is_empty() {
         return Err(invalid());
+    }
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(split);
+        let number: f64 = number.parse().map_err(|_| invalid())?;
+        let unit_end = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            // A bare number is seconds, and only on its own.
+            "" if split == rest.len() && seconds == 0.0 => 1.0,
+            _ => return Err(invalid()),
+        };
+        seconds += number * scale;
+        rest = after;
+    }
+    if seconds <= 0.0 {
+        return Err(format!("\"{text}\" must be longer than zero"));
+    }
+    if seconds >= 1e9 {
+        return Err(format!("\"{text}\" is too long; give at most a few years"));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -757,6 +808,11 @@ mod tests {
     fn durations_take_gost_units() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("5 s").is_err());
+        assert!(parse_duration("1m30").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
     }

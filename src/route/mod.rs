@@ -219,7 +219,7 @@ impl fmt::Display for Service {
             } => {
                 writeln!(
                     f,
-                    "  targets ({}), {attempts} attempts per connection:",
+                    "  targets ({}), attempts per connection: {attempts}",
                     targets.selector
                 )?;
                 for (target, weight) in targets.nodes.iter().zip(&targets.weights) {
@@ -241,7 +241,7 @@ impl fmt::Display for Service {
                 let auth = if auth.is_some() { "required" } else { "none" };
                 writeln!(
                     f,
-                    "  client auth: {auth}, {attempts} attempts per connection"
+                    "  client auth: {auth}, attempts per connection: {attempts}"
                 )?;
                 write!(f, "{egress}")
             }

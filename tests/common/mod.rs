@@ -35,7 +35,8 @@ pub fn unique_name(role: &str) -> String {
     format!("ug{}t{counter}{role}", std::process::id())
 }
 
-/// Whether this test may create network namespaces (root and `ip` present).
+/// Whether this test may create network namespaces (root, `ip` present, and the right to
+/// create one: a container's root may lack CAP_SYS_ADMIN).
 ///
 /// Prints `SKIP` and returns false when it may not, unless [`REQUIRE_ENV`] is `1`: then a
 /// missing prerequisite fails the test, so that CI never passes by skipping.
@@ -44,6 +45,8 @@ pub fn netns_available(test: &str) -> bool {
         Some("not running as root")
     } else if !command_exists("ip", &["-V"]) {
         Some("the `ip` command (iproute2) is missing")
+    } else if !may_create_namespaces() {
+        Some("network namespaces cannot be created here (no CAP_SYS_ADMIN?)")
     } else {
         None
     };
@@ -51,6 +54,25 @@ pub fn netns_available(test: &str) -> bool {
         None => true,
         Some(reason) => skip(test, reason),
     }
+}
+
+/// Creates and deletes a probe namespace, once per test process.
+fn may_create_namespaces() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        let probe = unique_name("probe");
+        let created = std::process::Command::new("ip")
+            .args(["netns", "add", &probe])
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if created {
+            // Best effort: a failure here leaves only an empty namespace behind.
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &probe])
+                .output();
+        }
+        created
+    })
 }
 
 /// The tinyproxy binary, or `None` after printing `SKIP` (a failure under [`REQUIRE_ENV`]).
