@@ -1,6 +1,7 @@
 //! Start and run: compile the routes, start the namespace helper, create every listener,
 //! start the executors, and wait for a signal to stop.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -86,6 +87,12 @@ pub fn run(routes: Routes, namespaces: NamespaceTable, threads: usize) -> anyhow
             "more executors than CPUs: several share a CPU and wait for each other"
         );
     }
+    // Kept to stop listening at exit: see `stop_listening`.
+    let listening: Vec<RawFd> = per_executor
+        .iter()
+        .flatten()
+        .map(|listener| listener.as_raw_fd())
+        .collect();
     let (ready, started) = std::sync::mpsc::channel();
     let sockets = per_executor.into_iter().zip(datagram_sockets);
     for (index, (listeners, datagram_sockets)) in sockets.enumerate() {
@@ -142,9 +149,21 @@ pub fn run(routes: Routes, namespaces: NamespaceTable, threads: usize) -> anyhow
             ),
             signal => {
                 tracing::info!(%signal, "stopping");
+                stop_listening(&listening);
                 return Ok(());
             }
         }
+    }
+}
+
+/// Takes the listeners out of the LISTEN state before the process exits: the kernel tears
+/// an exiting process's io_uring down in the background, and its pending accept polls would
+/// keep the listeners open (and a restarted instance waiting) for a moment longer.
+fn stop_listening(listeners: &[RawFd]) {
+    for &fd in listeners {
+        // SAFETY: the executors own these descriptors and never close them while the process
+        // runs; shutdown(2) only changes the socket's state.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
 }
 

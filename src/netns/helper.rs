@@ -363,29 +363,74 @@ fn bind_datagram(addr: SocketAddr) -> Result<UdpSocket, (&'static str, io::Error
     Ok(socket.into())
 }
 
-/// Binds `addr` without SO_REUSEPORT and lets it go: fails with EADDRINUSE when anything
-/// holds the address, SO_REUSEPORT group or not.
+/// Fails when a socket of any process already listens on `addr` (or on the same port of
+/// the wildcard address) in the current namespace: with SO_REUSEPORT the new listeners would
+/// join its group and split its traffic silently. Read from the kernel's socket table rather
+/// than tried with a bind, which the TIME_WAIT and closing connections an instance leaves
+/// behind would fail for a while after every restart.
 fn exclusive_probe(addr: SocketAddr, kind: Type) -> Result<(), (&'static str, io::Error)> {
-    let probe = Socket::new(Domain::for_address(addr), kind, None)
-        .map_err(|error| ("create a probe socket for", error))?;
-    if kind == Type::STREAM {
-        // Connections of an earlier instance in TIME_WAIT must not block a restart.
-        probe
-            .set_reuse_address(true)
-            .map_err(|error| ("set SO_REUSEADDR on", error))?;
-    }
-    if addr.is_ipv6() {
-        probe
-            .set_only_v6(true)
-            .map_err(|error| ("set IPV6_V6ONLY on", error))?;
-    }
-    probe.bind(&addr.into()).map_err(|error| {
-        if error.kind() == io::ErrorKind::AddrInUse {
-            ("bind (another service or process holds the address)", error)
-        } else {
-            ("bind", error)
+    let (table, bound_state) = match (kind == Type::STREAM, addr.is_ipv6()) {
+        // TCP_LISTEN; an unconnected bound UDP socket shows as TCP_CLOSE.
+        (true, false) => ("tcp", "0A"),
+        (true, true) => ("tcp6", "0A"),
+        (false, false) => ("udp", "07"),
+        (false, true) => ("udp6", "07"),
+    };
+    // An instance that has just exited still shows its listeners for a moment, while the
+    // kernel tears its io_uring down: a restart waits that moment out.
+    for _ in 0..PREDECESSOR_GRACE_STEPS {
+        if !listening_there(addr, table, bound_state)? {
+            return Ok(());
         }
-    })
+        std::thread::sleep(PREDECESSOR_GRACE_STEP);
+    }
+    let error = io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "another process (or another instance) already listens there",
+    );
+    Err(("bind", error))
+}
+
+/// How long, in steps, a listener of another process may linger before it counts as live.
+const PREDECESSOR_GRACE_STEPS: usize = 20;
+const PREDECESSOR_GRACE_STEP: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn listening_there(
+    addr: SocketAddr,
+    table: &str,
+    bound_state: &str,
+) -> Result<bool, (&'static str, io::Error)> {
+    let path = format!("/proc/thread-self/net/{table}");
+    let sockets = std::fs::read_to_string(&path)
+        .map_err(|error| ("read the socket table to check", error))?;
+    Ok(sockets.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3
+            && fields[3] == bound_state
+            && parse_proc_address(fields[1]).is_some_and(|held| {
+                held.port() == addr.port()
+                    && (held.ip() == addr.ip()
+                        || held.ip().is_unspecified()
+                        || addr.ip().is_unspecified())
+            })
+    }))
+}
+
+/// `0100007F:1F90` (address words in host byte order, port in hex) as /proc/net/tcp prints it.
+fn parse_proc_address(field: &str) -> Option<SocketAddr> {
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for word in 0..ip.len() / 8 {
+        let value = u32::from_str_radix(ip.get(word * 8..word * 8 + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&value.to_ne_bytes());
+    }
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok()?.into(),
+        16 => <[u8; 16]>::try_from(bytes).ok()?.into(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// A non-blocking socket bound to `addr` with SO_REUSEPORT, so that every executor binds
