@@ -218,7 +218,7 @@ fn a_second_instance_on_the_same_address_fails_to_start_instead_of_sharing_it() 
         &[
             "service \"service-0\"",
             "127.0.0.1:18000",
-            "another service or process holds",
+            "already listens there",
         ],
     );
 }
