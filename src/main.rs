@@ -75,7 +75,7 @@ fn main() -> ExitCode {
                 println!("executors: {threads}, one listener per service on each");
                 Ok(())
             }
-            None => uringgost::server::run(routes, namespaces, threads),
+            None => uringgost::server::run(&config, routes, namespaces, threads),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,6 +49,11 @@ impl OutboundPools {
         }
     }
 
+    /// True when a pool for these sockets exists (filled, or refilled as dials need it).
+    pub fn has(&self, netns: NamespaceId, transport: Transport, ipv6: bool) -> bool {
+        self.pools.borrow().contains_key(&(netns, transport, ipv6))
+    }
+
     /// Fills the pool of `netns` ahead of the first dial; waits for the helper. Used at
     /// start, so that a namespace that cannot be entered is reported before serving.
     pub fn prefill(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use monoio::net::{TcpListener, TcpStream};
 
-use super::Core;
+use super::{Core, Stop};
 use crate::route::Service;
 
 /// Connections accepted per readiness event before other tasks get a turn.
@@ -17,13 +17,22 @@ const ACCEPT_BATCH: usize = 64;
 /// How long to back off when the process is out of descriptors or memory.
 const EXHAUSTED_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Accepts connections for `service` for as long as the executor runs; a failed accept is
-/// logged and retried, never the end of the service.
-pub(super) async fn serve(core: Rc<Core>, service: Rc<Service>, listener: TcpListener) {
-    loop {
-        if let Err(error) = listener.readable(false).await {
-            tracing::error!(service = %service.name, executor = core.index, %error, "listener failed");
-            monoio::time::sleep(EXHAUSTED_BACKOFF).await;
+/// Accepts connections for `service` until `stop` is given (by a reload); a failed accept is
+/// logged and retried, never the end of the service. Connections already accepted are not
+/// affected by the stop: they keep the route they started with until they end.
+pub(super) async fn serve(
+    core: Rc<Core>,
+    service: Rc<Service>,
+    listener: TcpListener,
+    stop: Rc<Stop>,
+) {
+    while let Some(ready) = stop.or(listener.readable(false)).await {
+        if let Err(error) = ready {
+            tracing::error!(
+                service = %service.name, executor = core.index, %error,
+                "listener failed"
+            );
+            stop.or(monoio::time::sleep(EXHAUSTED_BACKOFF)).await;
             continue;
         }
         for _ in 0..ACCEPT_BATCH {
@@ -47,7 +56,7 @@ pub(super) async fn serve(core: Rc<Core>, service: Rc<Service>, listener: TcpLis
                         service = %service.name, executor = core.index, %error,
                         "accept failed; backing off"
                     );
-                    monoio::time::sleep(EXHAUSTED_BACKOFF).await;
+                    stop.or(monoio::time::sleep(EXHAUSTED_BACKOFF)).await;
                     break;
                 }
             }

@@ -1,10 +1,18 @@
 //! Thread-per-core executors: one runtime per thread, pinned to one CPU, accepting on its
 //! own SO_REUSEPORT listener of every service. A connection lives and dies on the core that
 //! accepted it; executors share nothing but the namespace helper's queue.
+//!
+//! An executor serves what the main thread sends it as a [`Services`] message: once at start,
+//! and again at each reload. A new message replaces the accept loops and changed UDP
+//! services; connections already accepted finish on the routes they started with.
 
 mod accept;
+mod stop;
 
-use std::net::{TcpListener, UdpSocket};
+pub use stop::Stop;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::rc::Rc;
 use std::thread::JoinHandle;
 
@@ -12,8 +20,8 @@ use anyhow::Context;
 use monoio::{FusionDriver, RuntimeBuilder};
 
 use crate::dialer::OutboundPools;
-use crate::netns::{NamespaceHelper, Transport};
-use crate::route::{Egress, Handler, Routes};
+use crate::netns::{NamespaceHelper, NamespaceId, Transport};
+use crate::route::{Egress, Handler, Routes, UdpService};
 
 /// Submission queue entries per executor ring.
 const RING_ENTRIES: u32 = 4096;
@@ -34,17 +42,28 @@ pub struct ExecutorPlan {
     pub index: usize,
     /// The CPU it is pinned to, if pinning is possible.
     pub cpu: Option<usize>,
+    /// The namespace helper.
+    pub helper: NamespaceHelper,
+    /// Where the services to serve arrive, at start and at each reload.
+    pub updates: flume::Receiver<Services>,
+}
+
+/// The services an executor is to serve from now on, with its own sockets for them.
+pub struct Services {
     /// Its own copy of the routes.
     pub routes: Routes,
     /// Its listener for each service, in the order of `routes.services`.
     pub listeners: Vec<TcpListener>,
-    /// Its socket for each UDP service, in the order of `routes.udp_services`.
-    pub datagram_sockets: Vec<UdpSocket>,
-    /// The namespace helper.
-    pub helper: NamespaceHelper,
+    /// Its socket for each UDP service, in the order of `routes.udp_services`; `None` keeps
+    /// the UDP service already running on the same address (unchanged by a reload), with
+    /// its sessions.
+    pub datagram_sockets: Vec<Option<UdpSocket>>,
+    /// Answered once the services are in place, or with why they could not be.
+    pub done: flume::Sender<anyhow::Result<()>>,
 }
 
-/// Starts an executor thread. `ready` receives `Ok` once it serves, or the reason it cannot.
+/// Starts an executor thread. `ready` receives `Ok` once its runtime runs, or the reason it
+/// cannot; it then serves each [`Services`] message that arrives on the plan's channel.
 pub fn spawn(
     plan: ExecutorPlan,
     ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
@@ -72,23 +91,15 @@ fn run(
     let ExecutorPlan {
         index,
         cpu,
-        routes,
-        listeners,
-        datagram_sockets,
         helper,
+        updates,
     } = plan;
     if let Some(cpu) = cpu {
         pin_to(cpu).with_context(|| format!("executor {index}: cannot pin to CPU {cpu}"))?;
     }
-    let pools = OutboundPools::new(helper.clone());
-    for (netns, transport, ipv6) in outbound_namespaces(&routes) {
-        pools
-            .prefill(netns, transport, ipv6)
-            .with_context(|| format!("executor {index}: cannot pre-open outbound sockets"))?;
-    }
     let core = Rc::new(Core {
         index,
-        pools,
+        pools: OutboundPools::new(helper.clone()),
         helper,
     });
     let mut runtime = RuntimeBuilder::<FusionDriver>::new()
@@ -97,35 +108,112 @@ fn run(
         .build()
         .with_context(|| format!("executor {index}: cannot build the runtime"))?;
     runtime.block_on(async move {
-        let mut accepting = Vec::new();
+        let _ = ready.send(Ok(()));
+        let mut serving = Serving::default();
+        // Ends when the main thread drops its sender, which it does only on its way out.
+        while let Ok(services) = updates.recv_async().await {
+            let done = services.done.clone();
+            let _ = done.send(serving.replace(&core, services));
+        }
+    });
+    Ok(())
+}
+
+/// What an executor serves now: a stop signal per running task.
+#[derive(Default)]
+struct Serving {
+    accepting: Vec<Rc<Stop>>,
+    datagrams: HashMap<(Option<NamespaceId>, SocketAddr), Rc<Stop>>,
+}
+
+impl Serving {
+    /// Stops what `services` replaces and starts what it adds.
+    fn replace(&mut self, core: &Rc<Core>, services: Services) -> anyhow::Result<()> {
+        let index = core.index;
+        let Services {
+            routes,
+            listeners,
+            datagram_sockets,
+            ..
+        } = services;
+        let first = self.accepting.is_empty() && self.datagrams.is_empty();
+        for (netns, transport, ipv6) in outbound_namespaces(&routes) {
+            if core.pools.has(netns, transport, ipv6) {
+                continue;
+            }
+            let filled = core.pools.prefill(netns, transport, ipv6);
+            match filled {
+                Ok(()) => {}
+                // At start, a namespace that cannot be used stops the start; at a reload,
+                // dials refill the pool (and report the failure) when they need it.
+                Err(error) if first => {
+                    return Err(error)
+                        .with_context(|| format!("executor {index}: cannot pre-open sockets"));
+                }
+                Err(error) => tracing::warn!(
+                    executor = index, error = %error,
+                    "cannot pre-open outbound sockets; dials will retry"
+                ),
+            }
+        }
+
+        let mut accepting = Vec::with_capacity(listeners.len());
         for (service, listener) in routes.services.into_iter().zip(listeners) {
             let name = service.name.clone();
             let listener = monoio::net::TcpListener::from_std(listener).with_context(|| {
                 format!("executor {index}: service {name}: adopting the listener")
             })?;
-            accepting.push(monoio::spawn(accept::serve(
+            let stop = Stop::new();
+            monoio::spawn(accept::serve(
                 core.clone(),
                 Rc::new(service),
                 listener,
-            )));
+                stop.clone(),
+            ));
+            accepting.push(stop);
         }
+        for stop in std::mem::replace(&mut self.accepting, accepting) {
+            stop.give();
+        }
+
+        let mut datagrams = HashMap::new();
         for (service, socket) in routes.udp_services.into_iter().zip(datagram_sockets) {
+            let key = udp_key(&service);
+            let Some(socket) = socket else {
+                match self.datagrams.remove(&key) {
+                    Some(running) => {
+                        datagrams.insert(key, running);
+                    }
+                    None => tracing::error!(
+                        executor = index, service = %service.name,
+                        "udp service to keep is not running here"
+                    ),
+                }
+                continue;
+            };
             let name = service.name.clone();
             let socket = monoio::net::udp::UdpSocket::from_std(socket).with_context(|| {
                 format!("executor {index}: service {name}: adopting the UDP socket")
             })?;
-            accepting.push(monoio::spawn(crate::udp::serve(
+            let stop = Stop::new();
+            monoio::spawn(crate::udp::serve(
                 core.clone(),
                 Rc::new(service),
                 socket,
-            )));
+                stop.clone(),
+            ));
+            datagrams.insert(key, stop);
         }
-        let _ = ready.send(Ok(()));
-        for task in accepting {
-            task.await;
+        for (_, stop) in std::mem::replace(&mut self.datagrams, datagrams) {
+            stop.give();
         }
-        anyhow::Ok(())
-    })
+        Ok(())
+    }
+}
+
+/// Where a UDP service receives: a kept service is found again by this.
+fn udp_key(service: &UdpService) -> (Option<NamespaceId>, SocketAddr) {
+    (service.netns.as_ref().map(|netns| netns.id), service.listen)
 }
 
 /// The namespaces (with transports and address families) this executor dials from directly:

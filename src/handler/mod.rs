@@ -146,7 +146,10 @@ impl Proxy<'_> {
             .await;
             match opened {
                 Err(error) if attempt < self.attempts && !error.destination_failed() => {
-                    tracing::debug!(service = %self.service.name, peer = %self.peer, %error, "retrying");
+                    tracing::debug!(
+                        service = %self.service.name, peer = %self.peer, %error,
+                        "retrying"
+                    );
                     attempt += 1;
                 }
                 result => return Ok(result?),

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use nix::sched::{CloneFlags, setns};
@@ -83,6 +83,10 @@ enum Job {
     },
 }
 
+/// The namespaces, read by the helper and resolver threads for each job and extended by a
+/// reload; executors never touch it.
+type SharedTable = Arc<RwLock<NamespaceTable>>;
+
 /// A handle to the helper threads; cheap to clone, one per executor.
 #[derive(Clone)]
 pub struct NamespaceHelper {
@@ -93,7 +97,7 @@ pub struct NamespaceHelper {
 /// The resolver thread, started at the first name lookup: most routes never need one, and
 /// a lookup must not hold up socket creation behind a slow DNS server.
 struct Lookups {
-    table: Arc<NamespaceTable>,
+    table: SharedTable,
     home: Arc<File>,
     jobs: OnceLock<flume::Sender<Job>>,
 }
@@ -102,7 +106,7 @@ impl NamespaceHelper {
     /// Starts the helper thread, which owns the opened namespaces from now on.
     pub fn start(table: NamespaceTable) -> io::Result<(NamespaceHelper, JoinHandle<()>)> {
         let home = Arc::new(File::open("/proc/thread-self/ns/net")?);
-        let table = Arc::new(table);
+        let table = Arc::new(RwLock::new(table));
         let (jobs, queue) = flume::unbounded();
         let thread = {
             let (table, home) = (table.clone(), home.clone());
@@ -118,8 +122,27 @@ impl NamespaceHelper {
         Ok((NamespaceHelper { jobs, lookups }, thread))
     }
 
+    /// A copy of the namespace table, for a reload to compile into.
+    pub fn table_snapshot(&self) -> io::Result<NamespaceTable> {
+        self.lookups
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_clone()
+    }
+
+    /// Replaces the namespace table with `table`, which must extend the current one (a
+    /// [`NamespaceHelper::table_snapshot`] with entries added), so every id in use stays valid.
+    pub fn install_table(&self, table: NamespaceTable) {
+        *self
+            .lookups
+            .table
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = table;
+    }
+
     /// Creates `count` SO_REUSEPORT listeners on `addr` in `netns` (or in the process's own
-    /// namespace), one per executor. Blocks until they exist; used at start.
+    /// namespace), one per executor. Blocks until they exist; used at start and reload.
     pub fn listeners(
         &self,
         netns: Option<NamespaceId>,
@@ -135,7 +158,8 @@ impl NamespaceHelper {
     }
 
     /// Creates `count` SO_REUSEPORT UDP sockets bound to `addr` in `netns` (or in the
-    /// process's own namespace), one per executor. Blocks until they exist; used at start.
+    /// process's own namespace), one per executor. Blocks until they exist; used at start and
+    /// reload.
     pub fn datagram_sockets(
         &self,
         netns: Option<NamespaceId>,
@@ -219,8 +243,10 @@ impl NamespaceHelper {
     }
 }
 
-fn serve(table: &NamespaceTable, home: &File, queue: flume::Receiver<Job>) {
+fn serve(table: &SharedTable, home: &File, queue: flume::Receiver<Job>) {
     for job in queue.iter() {
+        let guard = table.read().unwrap_or_else(PoisonError::into_inner);
+        let table = &*guard;
         match job {
             Job::Listeners {
                 netns,
@@ -271,13 +297,17 @@ fn serve(table: &NamespaceTable, home: &File, queue: flume::Receiver<Job>) {
                 authority,
                 reply,
             } => {
-                let result = within(table, home, netns, || {
+                let entered = netns.map_or(Ok(()), |id| enter(table, id));
+                // A slow DNS server must not keep a reload waiting for the table.
+                drop(guard);
+                let result = entered.map_err(io::Error::other).and_then(|()| {
                     authority.to_socket_addrs()?.next().ok_or_else(|| {
                         io::Error::new(io::ErrorKind::NotFound, "the name has no addresses")
                     })
-                })
-                .map_err(io::Error::other)
-                .and_then(|resolved| resolved);
+                });
+                if netns.is_some() {
+                    return_home(home);
+                }
                 let _ = reply.send(result);
             }
         }
@@ -329,19 +359,29 @@ fn within<T>(
     let Some(id) = netns else {
         return Ok(work());
     };
+    enter(table, id)?;
+    let result = work();
+    return_home(home);
+    Ok(result)
+}
+
+/// Moves the calling thread into namespace `id`.
+fn enter(table: &NamespaceTable, id: NamespaceId) -> Result<(), SocketRequestError> {
     setns(table.file(id).as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| {
         SocketRequestError::Enter {
             netns: table.name(id).to_owned(),
             source: errno.into(),
         }
-    })?;
-    let result = work();
+    })
+}
+
+/// Moves the calling thread back to the process's own namespace.
+fn return_home(home: &File) {
     if let Err(errno) = setns(home.as_fd(), CloneFlags::CLONE_NEWNET) {
         // Every later socket would land in the wrong namespace; there is no safe way on.
         tracing::error!(%errno, "cannot return the namespace helper to its own namespace");
         std::process::abort();
     }
-    Ok(result)
 }
 
 fn bind_listener(addr: SocketAddr) -> Result<TcpListener, (&'static str, io::Error)> {
@@ -471,8 +511,9 @@ pub fn outbound_datagram_socket(ipv6: bool) -> io::Result<OwnedFd> {
     Ok(socket.into())
 }
 
-/// An unconnected non-blocking socket for an outbound connection. TCP_NODELAY is set here, off the hot
-/// path, because a relay forwards whatever arrives without waiting to fill segments.
+/// An unconnected non-blocking socket for an outbound connection. TCP_NODELAY is set here,
+/// off the hot path, because a relay forwards whatever arrives without waiting to fill
+/// segments.
 pub fn outbound_socket(ipv6: bool) -> io::Result<OwnedFd> {
     let domain = if ipv6 { Domain::IPV6 } else { Domain::IPV4 };
     let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;

@@ -10,6 +10,7 @@ pub use helper::{
 use std::fmt;
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -64,23 +65,30 @@ pub enum NamespaceError {
 
 /// The namespaces a configuration uses, each opened once and kept open for the life of the
 /// process, so that a namespace deleted after start (`ip netns del`) still works for dials.
+///
+/// Entries are only ever added: a reload opens every namespace again, and one that is the
+/// same namespace as an entry (same nsfs inode) keeps that entry's id, so routes, listeners
+/// and pools of the running configuration stay valid.
 #[derive(Debug, Default)]
 pub struct NamespaceTable {
-    entries: Vec<(Arc<str>, File)>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    name: Arc<str>,
+    file: File,
+    /// `(st_dev, st_ino)` of the nsfs file: which namespace this is.
+    identity: (u64, u64),
 }
 
 impl NamespaceTable {
-    /// Opens the namespace named by a configuration value, or returns the one already open.
+    /// Opens the namespace named by a configuration value; a namespace already in the table
+    /// (under any name or path) keeps its entry and id.
     ///
     /// A value starting with `/` is a path (`/proc/PID/ns/net`); anything else is a name
     /// under `/run/netns`, as `ip netns add` creates.
     pub fn open(&mut self, value: &str) -> Result<NamespaceRef, NamespaceError> {
-        if let Some(index) = self.entries.iter().position(|(name, _)| &**name == value) {
-            return Ok(NamespaceRef {
-                id: NamespaceId(index),
-                name: self.entries[index].0.clone(),
-            });
-        }
         let (path, hint) = namespace_path(value)?;
         let file = File::open(&path).map_err(|source| NamespaceError::Open {
             path: path.display().to_string(),
@@ -96,12 +104,45 @@ impl NamespaceTable {
         if kind != libc::CLONE_NEWNET {
             return Err(NamespaceError::NotNetwork(path.display().to_string()));
         }
+        let metadata = file.metadata().map_err(|source| NamespaceError::Open {
+            path: path.display().to_string(),
+            hint: String::new(),
+            source,
+        })?;
+        let identity = (metadata.dev(), metadata.ino());
         let name: Arc<str> = Arc::from(value);
-        self.entries.push((name.clone(), file));
+        let index = match self.entries.iter().position(|e| e.identity == identity) {
+            Some(index) => index,
+            None => {
+                self.entries.push(Entry {
+                    name: name.clone(),
+                    file,
+                    identity,
+                });
+                self.entries.len() - 1
+            }
+        };
         Ok(NamespaceRef {
-            id: NamespaceId(self.entries.len() - 1),
+            id: NamespaceId(index),
             name,
         })
+    }
+
+    /// A copy sharing the same namespaces (each file duplicated), for a reload to compile
+    /// into while the helper keeps serving from this one.
+    pub fn try_clone(&self) -> std::io::Result<NamespaceTable> {
+        let entries = self
+            .entries
+            .iter()
+            .map(|entry| {
+                Ok(Entry {
+                    name: entry.name.clone(),
+                    file: entry.file.try_clone()?,
+                    identity: entry.identity,
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(NamespaceTable { entries })
     }
 
     /// The number of namespaces opened.
@@ -115,11 +156,11 @@ impl NamespaceTable {
     }
 
     fn file(&self, id: NamespaceId) -> &File {
-        &self.entries[id.0].1
+        &self.entries[id.0].file
     }
 
     fn name(&self, id: NamespaceId) -> &str {
-        &self.entries[id.0].0
+        &self.entries[id.0].name
     }
 }
 

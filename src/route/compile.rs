@@ -775,9 +775,10 @@ mod tests {
         let text = FORWARD.replace("type = \"tcp\" }", "type = \"tcp\", chain = \"nope\" }");
         assert_eq!(
             problems(&text),
-            [
-                "service \"fwd\": handler.chain: no chain is named \"nope\"; no [[chains]] are defined"
-            ]
+            [concat!(
+                "service \"fwd\": handler.chain: no chain is named \"nope\"; ",
+                "no [[chains]] are defined"
+            )]
         );
     }
 

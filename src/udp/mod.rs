@@ -29,7 +29,7 @@ use monoio::net::udp::UdpSocket;
 
 use self::batch::{BATCH, Batch, Datagram};
 use self::session::{Session, Stats};
-use crate::executor::Core;
+use crate::executor::{Core, Stop};
 use crate::netns::Transport;
 use crate::route::UdpService;
 
@@ -53,8 +53,9 @@ struct Service {
     stats: Stats,
 }
 
-/// Serves `route` on this executor's socket for as long as the executor runs.
-pub async fn serve(core: Rc<Core>, route: Rc<UdpService>, socket: UdpSocket) {
+/// Serves `route` on this executor's socket until `stop` is given (by a reload that changes
+/// or removes the service); its sessions are closed then.
+pub async fn serve(core: Rc<Core>, route: Rc<UdpService>, socket: UdpSocket, stop: Rc<Stop>) {
     let limits = route.sessions;
     let service = Rc::new(Service {
         core,
@@ -64,20 +65,28 @@ pub async fn serve(core: Rc<Core>, route: Rc<UdpService>, socket: UdpSocket) {
         stats: Stats::default(),
         route,
     });
-    monoio::spawn(sweep(service.clone()));
-    receive(service).await;
+    monoio::spawn(sweep(service.clone(), stop.clone()));
+    receive(&service, &stop).await;
+    let sessions = service.table.borrow_mut().drain();
+    tracing::debug!(
+        service = %service.route.name, executor = service.core.index, sessions = sessions.len(),
+        "udp service stopped by a reload; closing its sessions"
+    );
+    for (_, session) in sessions {
+        session.close("configuration reloaded");
+    }
 }
 
-/// Client to target: drains the service's socket into the clients' sessions.
-async fn receive(service: Rc<Service>) {
+/// Client to target: drains the service's socket into the clients' sessions, until `stop`.
+async fn receive(service: &Rc<Service>, stop: &Stop) {
     let mut batch = Batch::new(service.route.sessions.buffer_size);
-    loop {
-        if let Err(error) = service.socket.readable(false).await {
+    while let Some(ready) = stop.or(service.socket.readable(false)).await {
+        if let Err(error) = ready {
             tracing::error!(
                 service = %service.route.name, executor = service.core.index, %error,
                 "udp socket failed"
             );
-            monoio::time::sleep(FAILURE_BACKOFF).await;
+            stop.or(monoio::time::sleep(FAILURE_BACKOFF)).await;
             continue;
         }
         for _ in 0..ROUNDS {
@@ -276,8 +285,9 @@ async fn reply(service: Rc<Service>, session: Rc<Session>) {
     session.log_end(&service.route.name);
 }
 
-/// Closes sessions idle for `ttl`, and summarizes drops and evictions now and then.
-async fn sweep(service: Rc<Service>) {
+/// Closes sessions idle for `ttl`, and summarizes drops and evictions now and then, until
+/// `stop`.
+async fn sweep(service: Rc<Service>, stop: Rc<Stop>) {
     let ttl = service.route.sessions.ttl;
     let mut last_summary = Instant::now();
     let mut reported = service.stats.snapshot();
@@ -289,7 +299,10 @@ async fn sweep(service: Rc<Service>) {
             .next_expiry(ttl)
             .unwrap_or(now + ttl)
             .min(last_summary + SUMMARY_INTERVAL);
-        monoio::time::sleep(wake.saturating_duration_since(now)).await;
+        let pause = monoio::time::sleep(wake.saturating_duration_since(now));
+        if stop.or(pause).await.is_none() {
+            return;
+        }
 
         let now = Instant::now();
         let expired = service.table.borrow_mut().expire(now, ttl);

@@ -142,6 +142,11 @@ impl<V> SessionTable<V> {
         expired
     }
 
+    /// Removes and returns every session, oldest first.
+    pub fn drain(&mut self) -> Vec<(SocketAddr, V)> {
+        std::iter::from_fn(|| self.pop_oldest()).collect()
+    }
+
     /// When the session idle the longest reaches `ttl`, or `None` when the table is empty.
     pub fn next_expiry(&self, ttl: Duration) -> Option<Instant> {
         self.head.map(|head| self.slots[head].last_active + ttl)

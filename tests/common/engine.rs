@@ -13,10 +13,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_uringgost");
 /// The line the engine logs once every listener is up.
 pub const SERVING: &str = "uringgost is serving";
 
+/// What the engine logs when a reload ends, whichever way.
+pub const RELOAD_ENDINGS: [&str; 2] = ["configuration reloaded", "reload failed"];
+
+const CONFIG_FILE: &str = "uringgost.toml";
+
 /// `uringgost --config FILE ARGS...` running in a namespace; killed on drop.
 pub struct Engine {
     process: ChildProcess,
-    _config_dir: TempDir,
+    config_dir: TempDir,
 }
 
 impl Engine {
@@ -45,14 +50,59 @@ impl Engine {
     /// Runs `command` (the engine, or what execs it) with a config file holding `config`.
     fn launch(mut command: Command, config: &str, args: &[&str]) -> Engine {
         let config_dir = TempDir::new();
-        let config_file = config_dir.write("uringgost.toml", config);
+        let config_file = config_dir.write(CONFIG_FILE, config);
         command.arg("--config").arg(&config_file).args(args);
         command.env("NO_COLOR", "1");
         let process = ChildProcess::spawn("uringgost", command);
         Engine {
             process,
-            _config_dir: config_dir,
+            config_dir,
         }
+    }
+
+    /// Replaces the engine's configuration file with `config` and sends it SIGHUP; returns
+    /// how many reloads had ended (well or not) before, for [`Engine::wait_reloaded`].
+    pub fn reload(&self, config: &str) -> usize {
+        let ended = self.reloads_ended();
+        self.config_dir.write(CONFIG_FILE, config);
+        // SAFETY: kill(2) with a pid this test started and still holds.
+        let sent = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(
+            sent,
+            0,
+            "sending SIGHUP: {}",
+            std::io::Error::last_os_error()
+        );
+        ended
+    }
+
+    /// Waits until the reload after `before` ended reloads has ended; returns its last line.
+    pub fn wait_reloaded(&self, before: usize) -> String {
+        let deadline = super::Deadline::after(STEP_TIMEOUT);
+        loop {
+            let lines = self.reload_endings();
+            if lines.len() > before {
+                return lines[before].clone();
+            }
+            let remaining = deadline
+                .remaining()
+                .unwrap_or_else(|| panic!("the engine did not finish reload {}", before + 1));
+            std::thread::sleep(remaining.min(Duration::from_millis(20)));
+        }
+    }
+
+    fn reloads_ended(&self) -> usize {
+        self.reload_endings().len()
+    }
+
+    /// The lines that end a reload: success or failure.
+    fn reload_endings(&self) -> Vec<String> {
+        let stderr = self.process.text(Stream::Stderr);
+        stderr
+            .lines()
+            .filter(|line| RELOAD_ENDINGS.iter().any(|ending| line.contains(ending)))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The engine's process id (`ip netns exec` replaces itself with the engine).

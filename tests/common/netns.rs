@@ -35,6 +35,14 @@ impl Netns {
         netns
     }
 
+    /// Deletes the namespace and creates a new one under the same name, loopback up: what a
+    /// process holding the old one still sees is no longer what the name refers to.
+    pub fn recreate(&self) {
+        run_ip(&["netns", "del", &self.name]);
+        run_ip(&["netns", "add", &self.name]);
+        self.ip(&["link", "set", "dev", "lo", "up"]);
+    }
+
     /// The name under /run/netns, as a config's `netns` key takes it.
     pub fn name(&self) -> &str {
         &self.name
