@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::configs::addr;
 use common::engine::{Engine, check};
-use common::netns::{D_VETH2, NS1_VETH1, NS2_VETH3, Topology, enter};
+use common::netns::{D_VETH2, NS1_VETH1, NS2_VETH3, Netns, Topology, enter};
 use common::process::ChildProcess;
 use common::traffic::{IO_TIMEOUT, Pattern};
 use common::{Deadline, STEP_TIMEOUT, netns_available};
@@ -461,4 +461,72 @@ fn a_service_listening_in_ns1_sends_from_ns2_to_a_target_across_the_link() {
         senders.iter().all(|sender| sender.ip() == NS2_VETH3),
         "every datagram must leave from ns2's address {NS2_VETH3}: {senders:?}"
     );
+}
+
+#[test]
+fn on_a_wildcard_address_replies_leave_from_the_address_the_client_sent_to() {
+    let test = "on_a_wildcard_address_replies_leave_from_the_address_the_client_sent_to";
+    if !netns_available(test) {
+        return;
+    }
+    // A namespace of its own, with a second IPv6 address beside ::1 on its loopback
+    // (127.0.0.0/8 already gives IPv4 more than one).
+    let netns = Netns::create("udp-wild");
+    netns.ip(&["addr", "add", "fd00:75::2/128", "dev", "lo"]);
+    let second_v6 = IpAddr::V6("fd00:75::2".parse().unwrap());
+    let echo_v4 = Server::echo(addr(Ipv4Addr::LOCALHOST, 0), Some(netns.name()), 2);
+    let echo_v6 = Server::echo(
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0),
+        Some(netns.name()),
+        2,
+    );
+    let config = udp_service(addr(Ipv4Addr::UNSPECIFIED, 7000), &[echo_v4.addr], "")
+        + &udp_service(
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 7000),
+            &[echo_v6.addr],
+            "",
+        )
+        .replace("udp-0", "udp-1");
+    let _engine = Engine::start(&netns, &config, &[]);
+
+    // Each client is connected to the address it sends to, so the kernel hands it only
+    // replies from exactly that address and port; the route back to the client would pick
+    // 127.0.0.1 or ::1 as the source.
+    let answers = netns.spawn("udp clients", move || {
+        let to = [
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 7000),
+            SocketAddr::new(second_v6, 7000),
+        ];
+        to.map(|to| {
+            let local = if to.is_ipv6() {
+                IpAddr::V6(Ipv6Addr::LOCALHOST)
+            } else {
+                LOCALHOST
+            };
+            let socket = client(local);
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            socket.connect(to).expect("connecting the client socket");
+            (0..2)
+                .map(|n| {
+                    let payload = format!("to {to}, {n}");
+                    socket.send(payload.as_bytes()).expect("sending");
+                    let mut buf = [0; 128];
+                    match socket.recv(&mut buf) {
+                        Ok(len) => buf[..len] == *payload.as_bytes(),
+                        Err(_) => false,
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+    let answers = answers.join(STEP_TIMEOUT);
+    assert_eq!(
+        answers,
+        [vec![true, true], vec![true, true]],
+        "replies must come from 127.0.0.2:7000 and [fd00:75::2]:7000"
+    );
+    echo_v4.join();
+    echo_v6.join();
 }

@@ -398,8 +398,32 @@ fn bind_listener(addr: SocketAddr) -> Result<TcpListener, (&'static str, io::Err
 
 /// A non-blocking SO_REUSEPORT UDP socket bound to a service's address: the kernel hashes
 /// each client's address to one of them, so a client's datagrams stay on one executor.
+///
+/// On a wildcard address it also reports each datagram's local address (IP_PKTINFO), so that
+/// replies leave from the address the client sent to.
 fn bind_datagram(addr: SocketAddr) -> Result<UdpSocket, (&'static str, io::Error)> {
     let socket = reusable_bound(addr, Type::DGRAM, Protocol::UDP, "create a UDP socket for")?;
+    if addr.ip().is_unspecified() {
+        let (level, option) = if addr.is_ipv6() {
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+        } else {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO)
+        };
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads an int option value of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                level,
+                option,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(("turn on packet info for", io::Error::last_os_error()));
+        }
+    }
     Ok(socket.into())
 }
 

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::mem;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::RawFd;
 use std::ptr;
 
@@ -11,6 +11,12 @@ use socket2::{SockAddr, SockAddrStorage};
 
 /// Datagrams received or sent per system call.
 pub const BATCH: usize = 8;
+
+/// Room for the control messages of one datagram: the packet-info message that tells which
+/// local address a datagram was sent to, or sets the one a reply leaves from.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Control([u8; 64]);
 
 /// Buffers for [`BATCH`] datagrams of up to `size` bytes each, and what the last receive put
 /// in them.
@@ -22,9 +28,11 @@ pub struct Batch {
     buffers: Box<[u8]>,
     received_iovecs: Box<[libc::iovec]>,
     addresses: Box<[libc::sockaddr_storage]>,
+    received_controls: Box<[Control]>,
     received: Box<[libc::mmsghdr]>,
     count: usize,
     sent_iovecs: Box<[libc::iovec]>,
+    sent_controls: Box<[Control]>,
     sent: Box<[libc::mmsghdr]>,
 }
 
@@ -57,6 +65,7 @@ impl Batch {
             buffers,
             received_iovecs,
             addresses: addresses.into_boxed_slice(),
+            received_controls: vec![Control([0; 64]); BATCH].into_boxed_slice(),
             received: headers.clone().into_boxed_slice(),
             count: 0,
             sent_iovecs: vec![
@@ -67,6 +76,7 @@ impl Batch {
                 BATCH
             ]
             .into_boxed_slice(),
+            sent_controls: vec![Control([0; 64]); BATCH].into_boxed_slice(),
             sent: headers.into_boxed_slice(),
         };
         for index in 0..BATCH {
@@ -87,15 +97,23 @@ impl Batch {
     /// an oversize datagram is recognised and dropped instead of forwarded cut short.
     pub fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
         self.count = 0;
-        for header in self.received.iter_mut() {
+        for (header, control) in self
+            .received
+            .iter_mut()
+            .zip(self.received_controls.iter_mut())
+        {
             header.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as _;
+            // Filled only on a socket with packet info turned on (a wildcard service address).
+            header.msg_hdr.msg_control = control.0.as_mut_ptr().cast();
+            header.msg_hdr.msg_controllen = control.0.len() as _;
             header.msg_hdr.msg_flags = 0;
             header.msg_len = 0;
         }
         let count = loop {
-            // SAFETY: every header points at this batch's own iovec, buffer and address
-            // storage, valid for writes for the whole call; the kernel writes at most
-            // msg_namelen bytes of address and iov_len bytes of payload into each.
+            // SAFETY: every header points at this batch's own iovec, buffer, address storage
+            // and control buffer, valid for writes for the whole call; the kernel writes at
+            // most msg_namelen bytes of address, msg_controllen bytes of control messages
+            // and iov_len bytes of payload into each.
             let count = unsafe {
                 libc::recvmmsg(
                     fd,
@@ -146,13 +164,43 @@ impl Batch {
         address.as_socket()
     }
 
+    /// The local address datagram `index` of the last receive was sent to, when the socket
+    /// reports it (packet info is on for services on a wildcard address).
+    pub fn local_address(&self, index: usize) -> Option<IpAddr> {
+        let header = &self.received[index].msg_hdr;
+        // SAFETY: the header's control buffer holds msg_controllen bytes of control messages
+        // the kernel wrote in the last receive; CMSG_FIRSTHDR and CMSG_NXTHDR stay within it,
+        // and each message's data is read unaligned at its declared type.
+        unsafe {
+            let mut message = libc::CMSG_FIRSTHDR(header);
+            while !message.is_null() {
+                let data = libc::CMSG_DATA(message);
+                match ((*message).cmsg_level, (*message).cmsg_type) {
+                    (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                        let info = ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
+                        let octets = info.ipi_spec_dst.s_addr.to_ne_bytes();
+                        return Some(IpAddr::V4(Ipv4Addr::from(octets)));
+                    }
+                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                        let info = ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
+                        return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+                    }
+                    _ => message = libc::CMSG_NXTHDR(header, message),
+                }
+            }
+        }
+        None
+    }
+
     /// Sends the received datagrams `indices` (at most [`BATCH`]), in order, to `destination`
-    /// or, when it is `None`, to the peer the socket is connected to. Never waits: what the
-    /// socket cannot take now is left unsent, as a router drops what it cannot queue.
+    /// or, when it is `None`, to the peer the socket is connected to, and from local address
+    /// `source` when given (else the kernel picks it by route). Never waits: what the socket
+    /// cannot take now is left unsent, as a router drops what it cannot queue.
     pub fn send(
         &mut self,
         fd: RawFd,
         destination: Option<&SockAddr>,
+        source: Option<IpAddr>,
         indices: impl Iterator<Item = usize>,
     ) -> Sent {
         let mut attempted = 0;
@@ -164,6 +212,11 @@ impl Batch {
             let header = &mut self.sent[attempted].msg_hdr;
             (header.msg_name, header.msg_namelen) = match destination {
                 Some(address) => (address.as_ptr() as *mut libc::c_void, address.len()),
+                None => (ptr::null_mut(), 0),
+            };
+            let control = &mut self.sent_controls[attempted];
+            (header.msg_control, header.msg_controllen) = match source {
+                Some(source) => (control.0.as_mut_ptr().cast(), source_info(control, source)),
                 None => (ptr::null_mut(), 0),
             };
             attempted += 1;
@@ -206,6 +259,59 @@ impl Batch {
             sent,
             error: None,
         }
+    }
+}
+
+/// Writes into `control` the packet-info message that sends a datagram from `source`;
+/// returns its length.
+fn source_info(control: &mut Control, source: IpAddr) -> usize {
+    let (level, kind, data_len) = match source {
+        IpAddr::V4(_) => (
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            mem::size_of::<libc::in_pktinfo>(),
+        ),
+        IpAddr::V6(_) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            mem::size_of::<libc::in6_pktinfo>(),
+        ),
+    };
+    // SAFETY: a header over `control`, whose 64 bytes hold CMSG_SPACE of either packet-info
+    // struct (32 and 40 bytes); CMSG_FIRSTHDR is then non-null and the data written lies
+    // within the buffer.
+    unsafe {
+        // SAFETY: an all-zero msghdr is valid; only its control fields are used.
+        let mut header: libc::msghdr = mem::zeroed();
+        header.msg_control = control.0.as_mut_ptr().cast();
+        header.msg_controllen = control.0.len() as _;
+        let message = libc::CMSG_FIRSTHDR(&header);
+        (*message).cmsg_level = level;
+        (*message).cmsg_type = kind;
+        (*message).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
+        let data = libc::CMSG_DATA(message);
+        match source {
+            IpAddr::V4(address) => {
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(address.octets()),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                ptr::write_unaligned(data.cast(), info);
+            }
+            IpAddr::V6(address) => {
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: address.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                ptr::write_unaligned(data.cast(), info);
+            }
+        }
+        libc::CMSG_SPACE(data_len as u32) as usize
     }
 }
 

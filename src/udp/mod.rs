@@ -20,7 +20,7 @@ pub use table::{SessionTable, SlotId};
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -139,9 +139,10 @@ impl Service {
                         || matches!(batch.datagram(next), Datagram::Oversize(_))
                 })
                 .unwrap_or(batch.len());
-            match self.session(client, now).await {
+            let local = batch.local_address(index);
+            match self.session(client, local, now).await {
                 Some(session) => {
-                    let sent = batch.send(session.upstream.as_raw_fd(), None, index..end);
+                    let sent = batch.send(session.upstream.as_raw_fd(), None, None, index..end);
                     session.to_target.add(sent.sent as u64);
                     self.unsent(&session, sent, "to target");
                 }
@@ -152,7 +153,14 @@ impl Service {
     }
 
     /// The session of `client`, opened if it has none; `None` when it cannot be opened.
-    async fn session(self: &Rc<Self>, client: SocketAddr, now: Instant) -> Option<Rc<Session>> {
+    /// `local`: the address the client sent to, when the service listens on a wildcard
+    /// address; the session's replies leave from it.
+    async fn session(
+        self: &Rc<Self>,
+        client: SocketAddr,
+        local: Option<IpAddr>,
+        now: Instant,
+    ) -> Option<Rc<Session>> {
         if let Some((_, session)) = self.table.borrow_mut().get(client, now) {
             return Some(session.clone());
         }
@@ -169,7 +177,7 @@ impl Service {
             }
         };
         let session = opened
-            .and_then(|fd| Session::connect(fd, client, target))
+            .and_then(|fd| Session::connect(fd, client, local, target))
             .inspect_err(|error| {
                 tracing::warn!(
                     service = %self.route.name, peer = %client, target = %target.name, %error,
@@ -267,11 +275,11 @@ async fn reply(service: Rc<Service>, session: Rc<Session>) {
                     wholes += 1;
                 }
             }
-            // Known shortcoming: on a wildcard address (`:port`) the kernel picks the reply's
-            // source by route, which on a multi-homed host may not be the address the client
-            // sent to; IP_PKTINFO on receive, echoed as a control message here, would fix it.
+            // On a wildcard service address the reply leaves from the address the client
+            // sent to, not from whichever address the route to the client would pick.
             let whole = whole[..wholes].iter().copied();
-            let sent = batch.send(service.socket.as_raw_fd(), Some(&client), whole);
+            let socket = service.socket.as_raw_fd();
+            let sent = batch.send(socket, Some(&client), session.local, whole);
             session.from_target.add(sent.sent as u64);
             service.unsent(&session, sent, "to client");
             if count < BATCH {

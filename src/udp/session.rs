@@ -4,7 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -19,6 +19,9 @@ use crate::route::Target;
 pub(super) struct Session {
     /// The client's address, where replies go.
     pub client: SocketAddr,
+    /// The service address the client sent to, when the service listens on a wildcard
+    /// address: replies leave from it.
+    pub local: Option<IpAddr>,
     /// The target's node name, for logs.
     pub target: Arc<str>,
     /// Connected to the target, so the kernel delivers only the target's datagrams.
@@ -36,8 +39,14 @@ pub(super) struct Session {
 }
 
 impl Session {
-    /// A session for `client` on `fd`, an unconnected UDP socket, connected to `target`.
-    pub fn connect(fd: OwnedFd, client: SocketAddr, target: &Target) -> io::Result<Session> {
+    /// A session for `client` (which sent to `local`) on `fd`, an unconnected UDP socket,
+    /// connected to `target`.
+    pub fn connect(
+        fd: OwnedFd,
+        client: SocketAddr,
+        local: Option<IpAddr>,
+        target: &Target,
+    ) -> io::Result<Session> {
         let socket = socket2::Socket::from(fd);
         socket
             .connect(&target.socket_addr.into())
@@ -50,6 +59,7 @@ impl Session {
         let upstream = UdpSocket::from_std(socket.into())?;
         Ok(Session {
             client,
+            local,
             target: Arc::from(target.name.as_str()),
             upstream,
             slot: Cell::new(None),
