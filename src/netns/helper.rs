@@ -94,7 +94,12 @@ pub struct NamespaceHelper {
     lookups: Arc<Lookups>,
 }
 
-/// The resolver thread, started at the first name lookup: most routes never need one, and
+/// Threads that resolve host names, all serving one queue: a lookup blocks its thread for as
+/// long as the DNS server takes, so a few run at once and one slow name does not hold up
+/// the others.
+const RESOLVER_THREADS: usize = 4;
+
+/// The resolver threads, started at the first name lookup: most routes never need them, and
 /// a lookup must not hold up socket creation behind a slow DNS server.
 struct Lookups {
     table: SharedTable,
@@ -212,8 +217,9 @@ impl NamespaceHelper {
     /// Resolves `host:port` from inside `netns`, so the query leaves from the namespace the
     /// connection will. Returns at once; the answer arrives on the returned channel.
     ///
-    /// Lookups run one at a time on a resolver thread of their own (`ug-resolve`), so a slow
-    /// DNS server delays other lookups but never socket creation; callers bound the wait.
+    /// Lookups run on resolver threads of their own (`ug-resolve`, [`RESOLVER_THREADS`] of
+    /// them), so a slow DNS server never delays socket creation and delays other lookups only
+    /// once every resolver is waiting on it; callers bound the wait.
     pub fn resolve(
         &self,
         netns: Option<NamespaceId>,
@@ -222,13 +228,16 @@ impl NamespaceHelper {
         let (reply, answer) = flume::bounded(1);
         let lookups = self.lookups.jobs.get_or_init(|| {
             let (jobs, queue) = flume::unbounded();
-            let (table, home) = (self.lookups.table.clone(), self.lookups.home.clone());
-            let started = std::thread::Builder::new()
-                .name("ug-resolve".to_owned())
-                .spawn(move || serve(&table, &home, queue));
-            if let Err(error) = started {
-                // The queue's receiver is gone with the closure: every lookup then fails.
-                tracing::error!(%error, "cannot start the resolver thread");
+            for _ in 0..RESOLVER_THREADS {
+                let (table, home) = (self.lookups.table.clone(), self.lookups.home.clone());
+                let queue = queue.clone();
+                let started = std::thread::Builder::new()
+                    .name("ug-resolve".to_owned())
+                    .spawn(move || serve(&table, &home, queue));
+                if let Err(error) = started {
+                    // With no resolver at all the queue has no receiver: every lookup fails.
+                    tracing::error!(%error, "cannot start a resolver thread");
+                }
             }
             jobs
         });
