@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::net::{TcpListener, TcpStream};
 
@@ -26,6 +26,7 @@ pub(super) async fn serve(
     listener: TcpListener,
     stop: Rc<Stop>,
 ) {
+    let mut exhausted = Exhaustion::default();
     while let Some(ready) = stop.or(listener.readable(false)).await {
         if let Err(error) = ready {
             tracing::error!(
@@ -38,6 +39,7 @@ pub(super) async fn serve(
         for _ in 0..ACCEPT_BATCH {
             match accept(&listener) {
                 Ok((stream, peer)) => {
+                    exhausted.ended(&service, core.index);
                     tracing::debug!(
                         service = %service.name, executor = core.index, %peer,
                         "connection accepted"
@@ -52,15 +54,74 @@ pub(super) async fn serve(
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) if transient(&error) => continue,
                 Err(error) => {
-                    tracing::warn!(
-                        service = %service.name, executor = core.index, %error,
-                        "accept failed; backing off"
-                    );
+                    exhausted.began(&service, core.index, &error);
                     stop.or(monoio::time::sleep(EXHAUSTED_BACKOFF)).await;
                     break;
                 }
             }
         }
+    }
+}
+
+/// How long accepts must go without failing before an episode of exhaustion counts as over.
+const EXHAUSTION_QUIET: Duration = Duration::from_secs(1);
+/// How often a warning repeats while accepts keep failing.
+const EXHAUSTION_REMINDER: Duration = Duration::from_secs(10);
+
+/// One episode of failing accepts (out of descriptors or memory): a warning when it begins,
+/// a reminder every few seconds while it lasts, and a line when accepts have stopped failing,
+/// so an exhausted gateway does not also flood its log.
+#[derive(Default)]
+struct Exhaustion {
+    /// When the episode began and when it was last logged.
+    since: Option<(Instant, Instant)>,
+    last_failure: Option<Instant>,
+    failures: u64,
+}
+
+impl Exhaustion {
+    fn began(&mut self, service: &Service, executor: usize, error: &io::Error) {
+        let now = Instant::now();
+        self.failures += 1;
+        self.last_failure = Some(now);
+        match &mut self.since {
+            None => {
+                self.since = Some((now, now));
+                tracing::warn!(
+                    service = %service.name, executor, %error,
+                    "accept failed; backing off and retrying"
+                );
+            }
+            Some((began, logged)) if now.duration_since(*logged) >= EXHAUSTION_REMINDER => {
+                *logged = now;
+                tracing::warn!(
+                    service = %service.name, executor, %error, failures = self.failures,
+                    seconds = now.duration_since(*began).as_secs_f64(),
+                    "accepts still failing"
+                );
+            }
+            Some(_) => {
+                tracing::debug!(service = %service.name, executor, %error, "accept failed again")
+            }
+        }
+    }
+
+    fn ended(&mut self, service: &Service, executor: usize) {
+        let Some((began, _)) = self.since else {
+            return;
+        };
+        if self
+            .last_failure
+            .is_some_and(|last| last.elapsed() < EXHAUSTION_QUIET)
+        {
+            return;
+        }
+        tracing::info!(
+            service = %service.name, executor, failures = self.failures,
+            seconds = began.elapsed().as_secs_f64(),
+            "accepting again"
+        );
+        *self = Exhaustion::default();
     }
 }
 
