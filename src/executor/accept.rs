@@ -52,6 +52,14 @@ pub(super) async fn serve(
                     ));
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                // The listener was taken out of the LISTEN state: the process is stopping.
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!(
+                        service = %service.name, executor = core.index,
+                        "listener no longer listening"
+                    );
+                    return;
+                }
                 Err(error) if transient(&error) => continue,
                 Err(error) => {
                     exhausted.began(&service, core.index, &error);
