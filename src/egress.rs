@@ -68,7 +68,7 @@ impl EgressError {
         match self {
             EgressError::Dial { .. } => true,
             EgressError::HopDial { .. } => false,
-            EgressError::Handshake { source, last, .. } => *last && !source.blames_proxy(true),
+            EgressError::Handshake { source, last, .. } => *last && source.blames_next(),
         }
     }
 
@@ -78,7 +78,7 @@ impl EgressError {
             EgressError::Dial { source, .. } | EgressError::HopDial { source, .. } => {
                 source.kind() == std::io::ErrorKind::TimedOut
             }
-            EgressError::Handshake { source, .. } => matches!(source, HandshakeError::Timeout(_)),
+            EgressError::Handshake { source, .. } => matches!(source, HandshakeError::Timeout(..)),
         }
     }
 }
@@ -182,13 +182,13 @@ async fn through_chain(
             Ok(pending) => pending,
             Err(source) => {
                 // A proxy that misbehaves is marked; a refusal to reach the next hop's node
-                // counts against that node.
-                match (source.blames_proxy(next.is_none()), next) {
-                    (true, _) => hop.nodes.failed(index, Instant::now()),
-                    (false, Some((next_hop, next_index))) => {
-                        next_hop.nodes.failed(next_index, Instant::now())
-                    }
-                    (false, None) => {}
+                // counts against that node (and one to reach the destination, against the
+                // destination, which the caller marks).
+                if source.blames_proxy() {
+                    hop.nodes.failed(index, Instant::now());
+                }
+                if let (true, Some((next_hop, next_index))) = (source.blames_next(), next) {
+                    next_hop.nodes.failed(next_index, Instant::now());
                 }
                 return Err(EgressError::Handshake {
                     hop: hop.name.clone(),

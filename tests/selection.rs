@@ -234,3 +234,105 @@ fn with_one_target_down_every_connection_succeeds_and_it_is_tried_again_only_aft
         "failed attempts at b overall"
     );
 }
+
+/// A hop node that accepts connections, reads what it is sent and never answers: a hung
+/// proxy. Each result is the engine's address as the node saw it.
+fn silent_proxy(netns: &str, addr: SocketAddr) -> Server<SocketAddr> {
+    Server::start(netns, addr, |mut stream, peer| {
+        // Ends when the engine gives up and closes, or at the read timeout.
+        let _ = stream.read_to_end(&mut Vec::new());
+        peer
+    })
+}
+
+/// Service [`SERVICE`] forwarding to targets a and b (fifo: a first) through one hop whose
+/// nodes, fifo too, are a silent proxy and then uringgost's own `protocol` proxy, which the
+/// same configuration serves. Four connections one after the other; returns the labels they
+/// got, the connections the silent node accepted and the failed attempts logged.
+fn four_connections_past_a_silent_node(protocol: &str) -> (BTreeMap<String, usize>, usize, usize) {
+    let netns = Netns::create("silent");
+    let (silent, live) = (loopback(8080), loopback(8081));
+    let (a, b) = (loopback(9001), loopback(9002));
+    let _targets = [
+        labelled_target(netns.name(), a, "a"),
+        labelled_target(netns.name(), b, "b"),
+    ];
+    let hung = silent_proxy(netns.name(), silent);
+    let config = format!(
+        "[[services]]\n\
+         name = \"chained\"\n\
+         addr = \"{SERVICE}\"\n\
+         handler = {{ type = \"tcp\", chain = \"c\" }}\n\
+         metadata = {{ handshakeTimeout = \"1s\" }}\n\
+         [services.forwarder]\n\
+         selector = {{ strategy = \"fifo\" }}\n\
+         [[services.forwarder.nodes]]\n\
+         name = \"a\"\n\
+         addr = \"{a}\"\n\
+         [[services.forwarder.nodes]]\n\
+         name = \"b\"\n\
+         addr = \"{b}\"\n\
+         [[services]]\n\
+         name = \"proxy\"\n\
+         addr = \"{live}\"\n\
+         handler = {{ type = \"{protocol}\" }}\n\
+         [[chains]]\n\
+         name = \"c\"\n\
+         [[chains.hops]]\n\
+         name = \"hop-0\"\n\
+         selector = {{ strategy = \"fifo\" }}\n\
+         [[chains.hops.nodes]]\n\
+         name = \"silent\"\n\
+         addr = \"{silent}\"\n\
+         connector = {{ type = \"{protocol}\" }}\n\
+         [[chains.hops.nodes]]\n\
+         name = \"live\"\n\
+         addr = \"{live}\"\n\
+         connector = {{ type = \"{protocol}\" }}\n"
+    );
+    let args = ["--threads", "1", "--log-level", "debug"];
+    let engine = Engine::start(&netns, &config, &args);
+
+    let labels = tally(&netns, 4);
+    let accepted = hung.stop().len();
+    let log = engine.process().text(common::process::Stream::Stderr);
+    let failed = log
+        .lines()
+        .filter(|line| line.contains("attempt failed"))
+        .count();
+    (labels, accepted, failed)
+}
+
+#[test]
+fn a_socks5_node_silent_at_the_greeting_is_marked_at_once_and_the_target_is_not() {
+    let test = "a_socks5_node_silent_at_the_greeting_is_marked_at_once_and_the_target_is_not";
+    if !netns_available(test) {
+        return;
+    }
+    let (labels, accepted, failed) = four_connections_past_a_silent_node("socks5");
+
+    // The greeting's answer depends on nothing but the proxy: only the proxy is at fault.
+    assert_eq!(
+        labels,
+        counts(&[("a", 4)]),
+        "the primary target kept serving"
+    );
+    assert_eq!(accepted, 1, "connections the silent node got");
+    assert_eq!(failed, 1, "failed attempts");
+}
+
+#[test]
+fn an_http_node_silent_after_connect_is_marked_at_once_along_with_the_target_asked_for() {
+    let test =
+        "an_http_node_silent_after_connect_is_marked_at_once_along_with_the_target_asked_for";
+    if !netns_available(test) {
+        return;
+    }
+    let (labels, accepted, failed) = four_connections_past_a_silent_node("http");
+
+    // Silence after CONNECT may be the proxy's or the target's: both lose their turn, and
+    // the first connection is retried with the other target through the other node.
+    assert_eq!(labels, counts(&[("b", 4)]), "the standby target served");
+    assert_eq!(accepted, 1, "connections the silent node got");
+    assert_eq!(failed, 1, "failed attempts");
+}

@@ -4,6 +4,7 @@
 mod http;
 mod socks5;
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
@@ -29,24 +30,49 @@ pub enum HandshakeError {
     /// The connection to the proxy failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// No complete answer in time.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
+    /// No complete answer in time, while waiting for what [`Awaiting`] says.
+    #[error("no answer within {0:?}{after}", after = .1.describe())]
+    Timeout(Duration, Awaiting),
+}
+
+/// What a handshake was waiting for when its time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaiting {
+    /// The proxy's own part (its SOCKS5 method choice, its verdict on our credentials),
+    /// which depends on nothing beyond the proxy.
+    Proxy,
+    /// The answer to our request for the next address: the proxy may be hung, or waiting on
+    /// a next address that does not answer; there is no telling which.
+    Next,
+}
+
+impl Awaiting {
+    fn describe(self) -> &'static str {
+        match self {
+            Awaiting::Proxy => " to the greeting",
+            Awaiting::Next => "",
+        }
+    }
 }
 
 impl HandshakeError {
-    /// Whether the proxy itself is at fault (down, misbehaving, or refusing us), as opposed
-    /// to refusing the destination it was asked for.
-    ///
-    /// `last` says the proxy was asked for the destination itself: a timeout there is most
-    /// likely the proxy waiting on a destination that does not answer, which must not mark
-    /// the proxy dead for every other client.
-    pub fn blames_proxy(&self, last: bool) -> bool {
-        match self {
-            HandshakeError::Refused(_) => false,
-            HandshakeError::Timeout(_) => !last,
-            _ => true,
-        }
+    /// Whether the failure counts against the proxy: it is down, misbehaving, refusing our
+    /// credentials, or silent. A proxy silent after our request is counted too, although it
+    /// may only be waiting on the next address: a hung proxy left unmarked would stall every
+    /// later connection for the whole handshake timeout, while a proxy marked for a dead
+    /// next address only loses its turn until `failTimeout` (and is still used when no
+    /// other node is alive).
+    pub fn blames_proxy(&self) -> bool {
+        !matches!(self, HandshakeError::Refused(_))
+    }
+
+    /// Whether the failure counts against the next address (the next hop's node, or the
+    /// destination): the proxy refused to reach it, or went silent after being asked for it.
+    pub fn blames_next(&self) -> bool {
+        matches!(
+            self,
+            HandshakeError::Refused(_) | HandshakeError::Timeout(_, Awaiting::Next)
+        )
     }
 }
 
@@ -62,15 +88,17 @@ pub async fn connect(
     pending: Vec<u8>,
     timeout: Duration,
 ) -> Result<Vec<u8>, HandshakeError> {
+    // The handshake says here what it waits for, which a timeout then reports.
+    let awaiting = Cell::new(Awaiting::Next);
     let handshake = async {
         match connector {
             Connector::Http(auth) => http::connect(stream, authority, auth.as_ref(), pending).await,
             Connector::Socks5(auth) => {
-                socks5::connect(stream, authority, auth.as_ref(), pending).await
+                socks5::connect(stream, authority, auth.as_ref(), pending, &awaiting).await
             }
         }
     };
     monoio::time::timeout(timeout, handshake)
         .await
-        .unwrap_or(Err(HandshakeError::Timeout(timeout)))
+        .unwrap_or_else(|_| Err(HandshakeError::Timeout(timeout, awaiting.get())))
 }

@@ -1,24 +1,28 @@
 //! SOCKS5 CONNECT, client side (RFC 1928), with username/password authentication
 //! (RFC 1929).
 
+use std::cell::Cell;
 use std::net::IpAddr;
 
 use monoio::net::TcpStream;
 
-use super::HandshakeError;
+use super::{Awaiting, HandshakeError};
 use crate::config::Address;
 use crate::route::Credentials;
 use crate::socks5::{self, reply_text};
 use crate::stream::{Incoming, write_all};
 
 /// Greets, authenticates if asked to, sends CONNECT for `authority` and reads the reply.
-/// Returns the bytes read after the reply.
+/// Returns the bytes read after the reply. `awaiting` follows the steps: the proxy's own
+/// until the CONNECT request is sent.
 pub(super) async fn connect(
     stream: &TcpStream,
     authority: &str,
     auth: Option<&Credentials>,
     pending: Vec<u8>,
+    awaiting: &Cell<Awaiting>,
 ) -> Result<Vec<u8>, HandshakeError> {
+    awaiting.set(Awaiting::Proxy);
     let destination = Address::parse(authority)
         .map_err(|error| HandshakeError::Protocol(format!("cannot name {authority}: {error}")))?;
     let request = connect_request(&destination)?;
@@ -61,6 +65,7 @@ pub(super) async fn connect(
     }
 
     write_all(stream, &request).await?;
+    awaiting.set(Awaiting::Next);
     let head = input.exact(4).await?;
     let (version, reply, address_type) = (head[0], head[1], head[3]);
     if version != socks5::VERSION {

@@ -26,11 +26,20 @@ pub(super) async fn serve(
     let mut failures = Vec::new();
     let mut tried_targets = Tried::default();
     let mut tried_hop_nodes = Tried::default();
+    // A target is kept for the next attempt when the failure was not its own: the attempt
+    // then goes to the same target through another first-hop node.
+    let mut keep_target = None;
     for _ in 0..attempts {
-        let index = targets
-            .pick(peer.ip(), &tried_targets, Instant::now())
-            .expect("targets exist");
-        tried_targets.add(index);
+        let index = match keep_target.take() {
+            Some(index) => index,
+            None => {
+                let index = targets
+                    .pick(peer.ip(), &tried_targets, Instant::now())
+                    .expect("targets exist");
+                tried_targets.add(index);
+                index
+            }
+        };
         let target = &targets.nodes[index];
         // Boxed: the setup's state is freed before the relay, which is what an idle
         // connection keeps.
@@ -49,6 +58,8 @@ pub(super) async fn serve(
             Err(error) => {
                 if error.destination_failed() {
                     targets.failed(index, Instant::now());
+                } else {
+                    keep_target = Some(index);
                 }
                 tracing::debug!(
                     service = %service.name, %peer, target = %target.name, %error,
