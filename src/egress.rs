@@ -66,7 +66,7 @@ impl EgressError {
     /// rather than a proxy's on the way: the caller then counts it against the destination.
     pub fn destination_failed(&self) -> bool {
         match self {
-            EgressError::Dial { .. } => true,
+            EgressError::Dial { source, .. } => !dialer::out_of_resources(source),
             EgressError::HopDial { .. } => false,
             EgressError::Handshake { source, last, .. } => *last && source.blames_next(),
         }
@@ -141,7 +141,9 @@ async fn through_chain(
         match dialer::connect(pools, node.netns.as_ref(), node.socket_addr, timeouts.dial).await {
             Ok(stream) => stream,
             Err(source) => {
-                first.nodes.failed(index, Instant::now());
+                if !dialer::out_of_resources(&source) {
+                    first.nodes.failed(index, Instant::now());
+                }
                 return Err(EgressError::HopDial {
                     hop: first.name.clone(),
                     node: node.name.clone(),

@@ -190,3 +190,71 @@ fn a_log_level_that_is_not_a_level_is_refused_instead_of_silencing_logs() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_rejects_a_namespace_on_a_later_hop_which_is_never_dialed() {
+    let with_chain = with_handler("handler = { type = \"tcp\", chain = \"chain-0\" }");
+    let second_hop = "[[chains.hops]]\n\
+                      name = \"hop-1\"\n\
+                      metadata = { netns = \"ns2\" }\n\
+                      [[chains.hops.nodes]]\n\
+                      name = \"node-1\"\n\
+                      addr = \"127.0.0.1:18081\"\n\
+                      connector = { type = \"http\" }\n";
+    let config = with_chain + CHAIN + second_hop;
+
+    let checked = check(&config);
+
+    assert_rejected(
+        &checked,
+        &[
+            "hop \"hop-1\": metadata.netns",
+            "hop 2 of the chain is reached through the tunnel",
+            "set netns on the first hop",
+        ],
+    );
+}
+
+#[test]
+fn check_rejects_socks5_credentials_that_rfc_1929_cannot_carry() {
+    let long = "u".repeat(256);
+    let handler = format!(
+        "handler = {{ type = \"socks5\", auth = {{ username = \"{long}\", password = \"\" }} }}"
+    );
+
+    let checked = check(&with_handler(&handler).replace(
+        "[[services.forwarder.nodes]]\nname = \"target-0\"\naddr = \"127.0.0.1:19000\"\n",
+        "",
+    ));
+
+    assert_rejected(
+        &checked,
+        &[
+            "handler.auth.username: 256 bytes; SOCKS5 username/password authentication \
+             (RFC 1929) carries 1 to 255",
+            "handler.auth.password: 0 bytes",
+        ],
+    );
+}
+
+#[test]
+fn check_rejects_an_empty_user_name_and_one_with_a_colon_for_http() {
+    let connector =
+        "connector = { type = \"http\", auth = { username = \"a:b\", password = \"p\" } }";
+    let with_chain = with_handler("handler = { type = \"tcp\", chain = \"chain-0\" }");
+    let config = with_chain + &CHAIN.replace("connector = { type = \"http\" }", connector);
+    let http = "handler = { type = \"http\", auth = { username = \"\", password = \"p\" } }";
+    let proxy = with_handler(http).replace(
+        "[[services.forwarder.nodes]]\nname = \"target-0\"\naddr = \"127.0.0.1:19000\"\n",
+        "",
+    );
+
+    assert_rejected(
+        &check(&config),
+        &["node \"node-0\": connector.auth.username: contains ':'"],
+    );
+    assert_rejected(
+        &check(&proxy),
+        &["handler.auth.username: must not be empty"],
+    );
+}

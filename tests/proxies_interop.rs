@@ -528,6 +528,43 @@ fn chain_engine_tinyproxy_microsocks_target_across_namespaces_relays_16_mib_each
 }
 
 #[test]
+fn a_plain_request_reaches_the_origin_with_the_uris_host_and_without_the_headers_connection_names()
+{
+    let test = "a_plain_request_reaches_the_origin_with_the_uris_host_and_without_the_headers_\
+                connection_names";
+    if !netns_available(test) {
+        return;
+    }
+    let netns = Netns::create("hdr");
+    let origin = http_origin(netns.name(), ORIGIN, BODY);
+    let _engine = Engine::start(&netns, &proxy("http", PROXY, None, None), &[]);
+
+    let client = netns.spawn("client", || {
+        let mut stream = connect(PROXY);
+        let request = "GET http://127.0.0.1:9000/p?q HTTP/1.1\r\nHost: elsewhere.test\r\n\
+                       Connection: keep-alive, X-Hop-Secret\r\nX-Hop-Secret: 1\r\n\
+                       X-End-To-End: 2\r\n\r\n";
+        stream.write_all(request.as_bytes()).unwrap();
+        read_until_closed(&mut stream).0
+    });
+    let response = String::from_utf8(client.join(STEP_TIMEOUT)).unwrap();
+    let seen = origin.stop();
+
+    assert!(response.ends_with(BODY), "{response:?}");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let head = &seen[0];
+    assert!(
+        head.starts_with("GET /p?q HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n"),
+        "{head:?}"
+    );
+    assert!(head.contains("\r\nX-End-To-End: 2\r\n"), "{head:?}");
+    assert!(head.contains("\r\nConnection: close\r\n"), "{head:?}");
+    for gone in ["elsewhere.test", "X-Hop-Secret", "keep-alive"] {
+        assert!(!head.contains(gone), "{gone} reached the origin: {head:?}");
+    }
+}
+
+#[test]
 fn a_plain_request_goes_on_with_its_body_and_nothing_pipelined_after_it() {
     let test = "a_plain_request_goes_on_with_its_body_and_nothing_pipelined_after_it";
     if !netns_available(test) {

@@ -146,7 +146,10 @@ impl Address {
     }
 }
 
+/// A DNS name: dot-separated labels, with the one trailing dot of a fully qualified name
+/// allowed.
 fn is_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
     host.len() <= 253
         && host.split('.').all(|label| {
             !label.is_empty()
@@ -188,6 +191,17 @@ mod tests {
         );
         let any = Address::parse(":8000").unwrap();
         assert_eq!(any.literal().unwrap().to_string(), "0.0.0.0:8000");
+    }
+
+    #[test]
+    fn a_fully_qualified_name_with_its_trailing_dot_parses_but_empty_labels_do_not() {
+        assert_eq!(
+            Address::parse("localhost.:8000").unwrap().authority(),
+            "localhost.:8000"
+        );
+        assert!(Address::parse(".:8000").is_err());
+        assert!(Address::parse("a..b:8000").is_err());
+        assert!(Address::parse("a.b..:8000").is_err());
     }
 
     #[test]

@@ -162,6 +162,13 @@ pub struct ServiceMetadata {
     /// Timeout for a proxy handshake, e.g. `"10s"`.
     #[serde(rename = "handshakeTimeout")]
     pub handshake_timeout: Option<String>,
+    /// A relayed connection with no byte either way for this long is closed; unset: never.
+    #[serde(rename = "idleTimeout")]
+    pub idle_timeout: Option<String>,
+    /// Once one direction of a relayed connection has ended, the other may go on for this
+    /// long before both are closed; unset: for as long as the peers keep it open.
+    #[serde(rename = "halfCloseTimeout")]
+    pub half_close_timeout: Option<String>,
     /// UDP: how long a session may stay idle before it is closed, e.g. `"60s"`.
     pub ttl: Option<String>,
     /// UDP: accepted for GOST compatibility; sessions are always kept until `ttl`.

@@ -125,6 +125,16 @@ impl OutboundPools {
     }
 }
 
+/// Whether a dial failed for want of this process's or this machine's resources
+/// (descriptors, buffers, memory, local ports) rather than through anything the far end did:
+/// such a failure marks no node.
+pub fn out_of_resources(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
 /// Connects to `addr` from `netns` (`None`: the process's own namespace) within `timeout`.
 pub async fn connect(
     pools: &OutboundPools,

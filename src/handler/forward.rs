@@ -82,7 +82,13 @@ pub(super) async fn serve(
                 .await
                 .map_err(|error| ServeError::Setup(format!("writing to the client: {error}")))?;
         }
-        let mut transfer = relay(client, &upstream.stream, service.relay).await?;
+        let mut transfer = relay(
+            client,
+            &upstream.stream,
+            service.relay,
+            service.relay_limits(),
+        )
+        .await?;
         transfer.received += upstream.pending.len() as u64;
         return Ok(transfer);
     }

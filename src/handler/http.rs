@@ -142,7 +142,13 @@ async fn connect(
     if !early.is_empty() {
         write_all(&upstream.stream, &early).await.map_err(setup)?;
     }
-    let mut transfer = relay(client, &upstream.stream, proxy.service.relay).await?;
+    let mut transfer = relay(
+        client,
+        &upstream.stream,
+        proxy.service.relay,
+        proxy.service.relay_limits(),
+    )
+    .await?;
     transfer.sent += early.len() as u64;
     transfer.received += upstream.pending.len() as u64;
     Ok(transfer)
@@ -158,7 +164,7 @@ async fn forward(
     mut early: Vec<u8>,
 ) -> Result<Transfer, ServeError> {
     let client = proxy.client;
-    let Some((authority, path)) = split_absolute_uri(&request.target) else {
+    let Some(uri) = split_absolute_uri(&request.target) else {
         let reason = format!(
             "\"{} {}\" is not a proxy request; send CONNECT host:port or an absolute http:// URI",
             request.method, request.target
@@ -174,7 +180,7 @@ async fn forward(
         Some(Some(length)) => length,
         Some(None) => return refuse(client, "400 Bad Request", "invalid Content-Length").await,
     };
-    let destination = match Address::parse(&authority) {
+    let destination = match Address::parse(&uri.authority) {
         Ok(address) => address,
         Err(error) => return refuse(client, "400 Bad Request", &error.to_string()).await,
     };
@@ -190,16 +196,28 @@ async fn forward(
         }
     };
 
+    // The origin learns the host from the URI, whatever Host the client sent (RFC 9112,
+    // 3.2.2); headers that concern only this hop are left out, with those the client's
+    // Connection header names.
     let mut head = format!(
-        "{} {path} HTTP/1.{}\r\n",
-        request.method, request.minor_version
+        "{} {} HTTP/1.{}\r\nHost: {}\r\n",
+        request.method, uri.path, request.minor_version, uri.host
     )
     .into_bytes();
-    if request.header("host").is_none() {
-        head.extend_from_slice(format!("Host: {authority}\r\n").as_bytes());
-    }
+    let named_by_connection: Vec<&str> = request
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+        .filter_map(|(_, value)| std::str::from_utf8(value).ok())
+        .flat_map(|value| value.split(',').map(str::trim))
+        .collect();
     for (name, value) in &request.headers {
-        if !HOP_HEADERS.iter().any(|hop| name.eq_ignore_ascii_case(hop)) {
+        let hop_only = name.eq_ignore_ascii_case("host")
+            || HOP_HEADERS.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+            || named_by_connection
+                .iter()
+                .any(|named| name.eq_ignore_ascii_case(named));
+        if !hop_only {
             head.extend_from_slice(name.as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value);
@@ -281,9 +299,20 @@ fn authorized(header: Option<&[u8]>, auth: &Credentials) -> bool {
     differences == 0
 }
 
-/// `http://host[:port]/path` → (`host:port`, `/path`). Only `http` is forwarded in plain
-/// form; clients use CONNECT for anything else.
-fn split_absolute_uri(uri: &str) -> Option<(String, String)> {
+/// The parts of an absolute `http://` URI a proxy needs.
+#[derive(Debug, PartialEq, Eq)]
+struct AbsoluteUri {
+    /// `host:port` to connect to (port 80 unless the URI says otherwise).
+    authority: String,
+    /// The host as the URI gives it, port included only if written: the `Host` header.
+    host: String,
+    /// The origin form: path and query, at least `/`.
+    path: String,
+}
+
+/// `http://host[:port]/path` → its [`AbsoluteUri`]. Only `http` is forwarded in plain form;
+/// clients use CONNECT for anything else.
+fn split_absolute_uri(uri: &str) -> Option<AbsoluteUri> {
     let scheme_end = uri.find("://")?;
     if !uri[..scheme_end].eq_ignore_ascii_case("http") {
         return None;
@@ -301,6 +330,7 @@ fn split_absolute_uri(uri: &str) -> Option<(String, String)> {
         Some(bracket) => authority[bracket..].contains(':'),
         None => authority.contains(':'),
     };
+    let host = authority.to_owned();
     let authority = if has_port {
         authority.to_owned()
     } else {
@@ -311,7 +341,11 @@ fn split_absolute_uri(uri: &str) -> Option<(String, String)> {
     } else {
         path.to_owned()
     };
-    Some((authority, path))
+    Some(AbsoluteUri {
+        authority,
+        host,
+        path,
+    })
 }
 
 fn status_for(error: &OpenError) -> &'static str {
@@ -355,14 +389,26 @@ mod tests {
 
     #[test]
     fn absolute_uris_split_into_authority_and_origin_form() {
-        let split = |uri| split_absolute_uri(uri).map(|(a, p)| format!("{a} {p}"));
+        let split = |uri| {
+            split_absolute_uri(uri)
+                .map(|uri| format!("{} {} {}", uri.authority, uri.host, uri.path))
+        };
         assert_eq!(
             split("http://example.test/a?b").as_deref(),
-            Some("example.test:80 /a?b")
+            Some("example.test:80 example.test /a?b")
         );
-        assert_eq!(split("HTTP://u:p@h:8080").as_deref(), Some("h:8080 /"));
-        assert_eq!(split("http://[::1]/x").as_deref(), Some("[::1]:80 /x"));
-        assert_eq!(split("http://[::1]:81?q").as_deref(), Some("[::1]:81 /?q"));
+        assert_eq!(
+            split("HTTP://u:p@h:8080").as_deref(),
+            Some("h:8080 h:8080 /")
+        );
+        assert_eq!(
+            split("http://[::1]/x").as_deref(),
+            Some("[::1]:80 [::1] /x")
+        );
+        assert_eq!(
+            split("http://[::1]:81?q").as_deref(),
+            Some("[::1]:81 [::1]:81 /?q")
+        );
         assert_eq!(split("https://h/"), None);
         assert_eq!(split("/relative"), None);
     }

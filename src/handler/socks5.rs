@@ -45,7 +45,13 @@ pub(super) async fn serve(proxy: &Proxy<'_>, already: Vec<u8>) -> Result<Transfe
     if !early.is_empty() {
         write_all(&upstream.stream, &early).await.map_err(setup)?;
     }
-    let mut transfer = relay(client, &upstream.stream, proxy.service.relay).await?;
+    let mut transfer = relay(
+        client,
+        &upstream.stream,
+        proxy.service.relay,
+        proxy.service.relay_limits(),
+    )
+    .await?;
     transfer.sent += early.len() as u64;
     transfer.received += upstream.pending.len() as u64;
     Ok(transfer)

@@ -8,6 +8,7 @@ use std::os::fd::AsRawFd;
 
 use monoio::net::TcpStream;
 
+use super::Activity;
 use crate::stream::{recv, write_all};
 
 /// Buffer size of the buffered relay.
@@ -73,8 +74,18 @@ pub(super) async fn copy(
     source: &TcpStream,
     destination: &TcpStream,
     wait_first: bool,
+    activity: &Activity,
 ) -> io::Result<u64> {
-    match copy_with(source, destination, Size::Large, false, wait_first).await? {
+    match copy_with(
+        source,
+        destination,
+        Size::Large,
+        false,
+        wait_first,
+        activity,
+    )
+    .await?
+    {
         Ended::Eof(copied) | Ended::Bulk(copied) => Ok(copied),
     }
 }
@@ -84,8 +95,9 @@ pub(super) async fn copy_until_bulk(
     source: &TcpStream,
     destination: &TcpStream,
     wait_first: bool,
+    activity: &Activity,
 ) -> io::Result<Ended> {
-    copy_with(source, destination, Size::Small, true, wait_first).await
+    copy_with(source, destination, Size::Small, true, wait_first, activity).await
 }
 
 async fn copy_with(
@@ -94,6 +106,7 @@ async fn copy_with(
     size: Size,
     stop_at_bulk: bool,
     wait_first: bool,
+    activity: &Activity,
 ) -> io::Result<Ended> {
     let mut copied = 0u64;
     let mut buffer = None;
@@ -115,7 +128,9 @@ async fn copy_with(
                 return Ok(Ended::Eof(copied));
             }
             Ok(read) => {
+                activity.moved();
                 write_all(destination, &chunk[..read]).await?;
+                activity.moved();
                 copied += read as u64;
                 let full = read == chunk.len();
                 if stop_at_bulk && full {

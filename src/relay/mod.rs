@@ -2,7 +2,8 @@
 //!
 //! Each direction ends at its source's end of stream, which is passed on as a shutdown of
 //! the destination's write half; the other direction keeps flowing for as long as its peers
-//! keep it open. An error in either direction ends both.
+//! keep it open, or for the half-close limit if the service sets one. An error in either
+//! direction ends both, and so does the idle limit, if set, when no byte moves either way.
 
 mod buffered;
 mod splice;
@@ -10,11 +11,14 @@ mod uring_splice;
 
 use std::cell::Cell;
 use std::fmt;
+use std::future::{Future, pending};
 use std::io;
 use std::pin::pin;
 use std::str::FromStr;
+use std::time::Duration;
 
 use monoio::net::TcpStream;
+use monoio::time::Instant;
 
 use crate::stream::shutdown_write;
 
@@ -82,28 +86,103 @@ pub enum RelayError {
     /// Reading the upstream or writing the client.
     #[error("upstream to client: {0}")]
     Downstream(io::Error),
+    /// No byte moved either way for the service's idle limit.
+    #[error("closed after {0:?} without a byte either way (idleTimeout)")]
+    Idle(Duration),
+    /// One direction ended and the other went on for the service's half-close limit.
+    #[error("closed {0:?} after one direction ended (halfCloseTimeout)")]
+    HalfClosed(Duration),
 }
 
-/// Relays until both directions have ended, or one has failed.
+/// How long a relay may go on: both unset, for as long as the peers keep it open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Without a byte either way.
+    pub idle: Option<Duration>,
+    /// After one direction has ended.
+    pub half_close: Option<Duration>,
+}
+
+/// When a relay last moved bytes, kept only when an idle limit needs it.
+pub(crate) struct Activity(Option<Cell<Instant>>);
+
+impl Activity {
+    fn new(tracked: bool) -> Activity {
+        Activity(tracked.then(|| Cell::new(Instant::now())))
+    }
+
+    /// Notes that bytes moved.
+    pub(crate) fn moved(&self) {
+        if let Some(last) = &self.0 {
+            last.set(Instant::now());
+        }
+    }
+
+    /// Completes once `limit` has passed since bytes last moved; never without a limit.
+    async fn idle_for(&self, limit: Option<Duration>) {
+        let (Some(last), Some(limit)) = (&self.0, limit) else {
+            return pending().await;
+        };
+        loop {
+            let deadline = last.get() + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            monoio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// Completes `limit` after it is first polled; never without a limit.
+async fn after(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => monoio::time::sleep(limit).await,
+        None => pending().await,
+    }
+}
+
+/// Relays until both directions have ended, one has failed, or `limits` end it.
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     mode: RelayMode,
+    limits: Limits,
 ) -> Result<Transfer, RelayError> {
     let ended = Cell::new(false);
+    let activity = Activity::new(limits.idle.is_some());
     // The client's request is usually waiting already; the upstream's answer is not.
-    let mut up = pin!(copy(client, upstream, mode, false, &ended));
-    let mut down = pin!(copy(upstream, client, mode, true, &ended));
+    let mut up = pin!(copy(client, upstream, mode, false, &ended, &activity));
+    let mut down = pin!(copy(upstream, client, mode, true, &ended, &activity));
+    let mut idle = pin!(activity.idle_for(limits.idle));
+    let idle_limit = limits.idle.unwrap_or_default();
     monoio::select! {
         sent = &mut up => {
             let sent = sent.map_err(RelayError::Upstream)?;
-            let received = down.await.map_err(RelayError::Downstream)?;
+            let received = finish(down, RelayError::Downstream, idle, limits).await?;
             Ok(Transfer { sent, received })
         }
         received = &mut down => {
             let received = received.map_err(RelayError::Downstream)?;
-            let sent = up.await.map_err(RelayError::Upstream)?;
+            let sent = finish(up, RelayError::Upstream, idle, limits).await?;
             Ok(Transfer { sent, received })
+        }
+        _ = &mut idle => Err(RelayError::Idle(idle_limit)),
+    }
+}
+
+/// Waits for the direction still going after the other has ended, within the limits; its
+/// own error is reported as `failed` says.
+async fn finish(
+    direction: impl Future<Output = io::Result<u64>>,
+    failed: fn(io::Error) -> RelayError,
+    idle: impl Future<Output = ()>,
+    limits: Limits,
+) -> Result<u64, RelayError> {
+    monoio::select! {
+        copied = direction => copied.map_err(failed),
+        _ = idle => Err(RelayError::Idle(limits.idle.unwrap_or_default())),
+        _ = after(limits.half_close) => {
+            Err(RelayError::HalfClosed(limits.half_close.unwrap_or_default()))
         }
     }
 }
@@ -116,7 +195,16 @@ pub async fn one_way(
     destination: &TcpStream,
     mode: RelayMode,
 ) -> io::Result<u64> {
-    copy(source, destination, mode, true, &Cell::new(false)).await
+    let untracked = Activity::new(false);
+    copy(
+        source,
+        destination,
+        mode,
+        true,
+        &Cell::new(false),
+        &untracked,
+    )
+    .await
 }
 
 /// One direction, to the source's end, which is passed on as a shutdown of the
@@ -128,22 +216,27 @@ async fn copy(
     mode: RelayMode,
     wait_first: bool,
     other_ended: &Cell<bool>,
+    activity: &Activity,
 ) -> io::Result<u64> {
     let copied = match mode {
         RelayMode::Auto => {
-            match buffered::copy_until_bulk(source, destination, wait_first).await? {
+            match buffered::copy_until_bulk(source, destination, wait_first, activity).await? {
                 buffered::Ended::Eof(copied) => copied,
-                buffered::Ended::Bulk(copied) => copied + splice::copy(source, destination).await?,
+                buffered::Ended::Bulk(copied) => {
+                    copied + splice::copy(source, destination, activity).await?
+                }
             }
         }
-        RelayMode::Splice => splice::copy(source, destination).await?,
-        RelayMode::Buffered => buffered::copy(source, destination, wait_first).await?,
+        RelayMode::Splice => splice::copy(source, destination, activity).await?,
+        RelayMode::Buffered => buffered::copy(source, destination, wait_first, activity).await?,
         // On the epoll fallback the op would be a blocking splice(2) on the executor.
         RelayMode::UringSplice if !monoio::utils::detect_uring() => {
-            splice::copy(source, destination).await?
+            splice::copy(source, destination, activity).await?
         }
         // Boxed: its futures are large, and it is there for comparison only.
-        RelayMode::UringSplice => Box::pin(uring_splice::copy(source, destination)).await?,
+        RelayMode::UringSplice => {
+            Box::pin(uring_splice::copy(source, destination, activity)).await?
+        }
     };
     if !other_ended.replace(true) {
         shutdown_write(destination)?;

@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use monoio::net::TcpStream;
 
+use super::Activity;
 use crate::stream::{borrow, socket_ref};
 
 /// Idle pipes a core keeps for reuse; beyond this they are closed.
@@ -73,7 +74,11 @@ impl Pipe {
 }
 
 /// Copies `source` to `destination` until `source` ends. Returns the bytes copied.
-pub(super) async fn copy(source: &TcpStream, destination: &TcpStream) -> io::Result<u64> {
+pub(super) async fn copy(
+    source: &TcpStream,
+    destination: &TcpStream,
+    activity: &Activity,
+) -> io::Result<u64> {
     // splice(2) honours SPLICE_F_NONBLOCK only on the pipe side; the sockets must be in
     // non-blocking mode themselves. The runtime's own connect leaves them blocking.
     for stream in [source, destination] {
@@ -88,7 +93,10 @@ pub(super) async fn copy(source: &TcpStream, destination: &TcpStream) -> io::Res
                 pipe.give_back();
                 return Ok(copied);
             }
-            Ok(filled) => pipe.held = filled,
+            Ok(filled) => {
+                pipe.held = filled;
+                activity.moved();
+            }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 // Idle: hold no pipe while waiting.
                 pipe.give_back();
@@ -102,6 +110,7 @@ pub(super) async fn copy(source: &TcpStream, destination: &TcpStream) -> io::Res
                 Ok(moved) => {
                     pipe.held -= moved;
                     copied += moved as u64;
+                    activity.moved();
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     destination.writable(false).await?

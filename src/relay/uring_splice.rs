@@ -9,13 +9,18 @@ use std::io;
 use monoio::io::splice::{SpliceDestination, SpliceSource};
 use monoio::net::TcpStream;
 
+use super::Activity;
 use crate::stream::borrow;
 
 /// Bytes asked for per splice.
 const CHUNK: u32 = 64 * 1024;
 
 /// Copies `source` to `destination` with SPLICE ops until `source` ends.
-pub(super) async fn copy(source: &TcpStream, destination: &TcpStream) -> io::Result<u64> {
+pub(super) async fn copy(
+    source: &TcpStream,
+    destination: &TcpStream,
+    activity: &Activity,
+) -> io::Result<u64> {
     // The ops need exclusive handles; duplicated descriptors give this direction its own.
     let mut reader = duplicate(source)?;
     let mut writer = duplicate(destination)?;
@@ -27,8 +32,10 @@ pub(super) async fn copy(source: &TcpStream, destination: &TcpStream) -> io::Res
             return Ok(copied);
         }
         copied += u64::from(held);
+        activity.moved();
         while held > 0 {
             held -= writer.splice_from_pipe(&mut pipe_out, held).await?;
+            activity.moved();
         }
     }
 }

@@ -278,6 +278,13 @@ impl Compiler<'_> {
                 metadata.handshake_timeout.as_deref(),
                 DEFAULT_HANDSHAKE_TIMEOUT,
             ),
+            idle: metadata.idle_timeout.as_deref().map(|value| {
+                self.duration(&place, "metadata.idleTimeout", Some(value), Duration::MAX)
+            }),
+            half_close: metadata.half_close_timeout.as_deref().map(|value| {
+                let key = "metadata.halfCloseTimeout";
+                self.duration(&place, key, Some(value), Duration::MAX)
+            }),
         };
 
         let egress = match &config.handler.chain {
@@ -311,8 +318,7 @@ impl Compiler<'_> {
             Some(Egress::Chain(chain)) => chain.hops[0].nodes.nodes.len(),
             _ => 1,
         };
-        let proxy = |protocol| {
-            let auth = config.handler.auth.as_ref().map(credentials);
+        let proxy = |protocol, auth| {
             move |egress| Handler::Proxy {
                 protocol,
                 egress,
@@ -357,7 +363,12 @@ impl Compiler<'_> {
                     "socks5" => ProxyProtocol::Socks5,
                     _ => ProxyProtocol::Auto,
                 };
-                egress.map(proxy(protocol))
+                let speaks = Speaks {
+                    http: kind != "socks5",
+                    socks5: kind != "http",
+                };
+                let auth = self.auth(&place, "handler.auth", config.handler.auth.as_ref(), speaks);
+                egress.map(proxy(protocol, auth))
             }
             other => {
                 self.problem(
@@ -600,6 +611,22 @@ impl Compiler<'_> {
                     "a hop needs at least one [[chains.hops.nodes]]",
                 );
             }
+            // Only the first hop is dialed; every later one is reached through the tunnel.
+            let later_hop_netns = |compiler: &mut Self, place: &str| {
+                compiler.problem(
+                    place,
+                    "metadata.netns",
+                    format!(
+                        "hop {} of the chain is reached through the tunnel of the hop before \
+                         it, never dialed, so a namespace here would not be used; set netns \
+                         on the first hop",
+                        index + 1
+                    ),
+                )
+            };
+            if index > 0 && hop.metadata.netns.is_some() {
+                later_hop_netns(self, &place);
+            }
             // A hop without a namespace of its own is dialed from the service's netns.out.
             let hop_netns = self.namespace(&place, "metadata.netns", hop.metadata.netns.as_deref());
             let selector = self.selector(&place, "selector", hop.selector.as_ref());
@@ -618,6 +645,10 @@ impl Compiler<'_> {
                     node.backup,
                     node.metadata.as_ref(),
                 );
+                let node_netns = node.metadata.as_ref().is_some_and(|m| m.netns.is_some());
+                if index > 0 && node_netns {
+                    later_hop_netns(self, &node_place);
+                }
                 let netns = match &node.metadata {
                     Some(metadata) if metadata.netns.is_some() => {
                         self.namespace(&node_place, "metadata.netns", metadata.netns.as_deref())
@@ -639,7 +670,12 @@ impl Compiler<'_> {
                         continue;
                     }
                 };
-                let auth = node.connector.auth.as_ref().map(credentials);
+                let speaks = Speaks {
+                    http: node.connector.kind == "http",
+                    socks5: matches!(node.connector.kind.as_str(), "socks5" | "socks"),
+                };
+                let auth = node.connector.auth.as_ref();
+                let auth = self.auth(&node_place, "connector.auth", auth, speaks);
                 let connector = match node.connector.kind.as_str() {
                     "http" => Connector::Http(auth),
                     "socks5" | "socks" => Connector::Socks5(auth),
@@ -683,6 +719,53 @@ impl Compiler<'_> {
             name: config.name.clone(),
             hops,
         })
+    }
+}
+
+/// The protocols a set of credentials will be sent or checked in.
+#[derive(Clone, Copy)]
+struct Speaks {
+    http: bool,
+    socks5: bool,
+}
+
+impl Compiler<'_> {
+    /// Credentials from `auth` (at `key`), checked against what the protocols they are used
+    /// in can carry: RFC 1929 gives SOCKS5 1 to 255 bytes for each, and HTTP Basic a user
+    /// name without a colon.
+    fn auth(
+        &mut self,
+        place: &str,
+        key: &str,
+        auth: Option<&AuthConfig>,
+        speaks: Speaks,
+    ) -> Option<Credentials> {
+        let auth = auth?;
+        if speaks.socks5 {
+            for (field, value) in [("username", &auth.username), ("password", &auth.password)] {
+                if !(1..=255).contains(&value.len()) {
+                    self.problem(
+                        place,
+                        &format!("{key}.{field}"),
+                        format!(
+                            "{} bytes; SOCKS5 username/password authentication (RFC 1929) \
+                             carries 1 to 255",
+                            value.len()
+                        ),
+                    );
+                }
+            }
+        } else if auth.username.is_empty() {
+            self.problem(place, &format!("{key}.username"), "must not be empty");
+        }
+        if speaks.http && auth.username.contains(':') {
+            self.problem(
+                place,
+                &format!("{key}.username"),
+                "contains ':', which HTTP Basic authentication cannot carry in a user name",
+            );
+        }
+        Some(credentials(auth))
     }
 }
 

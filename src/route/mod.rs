@@ -47,6 +47,16 @@ pub struct Service {
     pub hosts: Vec<(String, std::net::IpAddr)>,
 }
 
+impl Service {
+    /// The limits of this service's relays.
+    pub fn relay_limits(&self) -> crate::relay::Limits {
+        crate::relay::Limits {
+            idle: self.timeouts.idle,
+            half_close: self.timeouts.half_close,
+        }
+    }
+}
+
 /// How long a connection may wait on each step before it is given up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -54,6 +64,11 @@ pub struct Timeouts {
     pub dial: Duration,
     /// A proxy handshake, client side or server side.
     pub handshake: Duration,
+    /// How long a relay may go without a byte either way; `None`: for ever.
+    pub idle: Option<Duration>,
+    /// How long a relay may go on after one direction has ended; `None`: until the other
+    /// ends too.
+    pub half_close: Option<Duration>,
 }
 
 /// The handler of a service.
@@ -205,8 +220,11 @@ impl fmt::Display for Service {
         writeln!(f, ", relay {}", self.relay)?;
         writeln!(
             f,
-            "  timeouts: dial {:?}, handshake {:?}",
-            self.timeouts.dial, self.timeouts.handshake
+            "  timeouts: dial {:?}, handshake {:?}, idle {}, half-close {}",
+            self.timeouts.dial,
+            self.timeouts.handshake,
+            unlimited_or(self.timeouts.idle),
+            unlimited_or(self.timeouts.half_close)
         )?;
         for (name, ip) in &self.hosts {
             writeln!(f, "  host {name} -> {ip}")?;
@@ -312,4 +330,9 @@ impl Handler {
             } => "auto",
         }
     }
+}
+
+/// A limit as `check` prints it.
+fn unlimited_or(limit: Option<Duration>) -> String {
+    limit.map_or_else(|| "none".to_owned(), |limit| format!("{limit:?}"))
 }

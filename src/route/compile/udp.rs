@@ -58,6 +58,11 @@ impl Compiler<'_> {
                 "metadata.handshakeTimeout",
                 metadata.handshake_timeout.is_some(),
             ),
+            ("metadata.idleTimeout", metadata.idle_timeout.is_some()),
+            (
+                "metadata.halfCloseTimeout",
+                metadata.half_close_timeout.is_some(),
+            ),
         ] {
             if set {
                 self.problem(&place, key, "applies to connections; handler udp has none");
