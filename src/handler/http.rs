@@ -7,7 +7,7 @@ use monoio::net::TcpStream;
 use super::{OpenError, Proxy, ServeError};
 use crate::config::Address;
 use crate::http::{HeadError, MAX_HEADERS, read_head};
-use crate::relay::{RelayError, Transfer, one_way, relay};
+use crate::relay::{RelayError, Transfer, one_way};
 use crate::route::Credentials;
 use crate::stream::{read_some, write_all};
 
@@ -135,23 +135,8 @@ async fn connect(
             .await;
         }
     };
-    let mut answer = b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec();
-    answer.extend_from_slice(&upstream.pending);
-    let setup = |error: std::io::Error| ServeError::Setup(format!("starting the tunnel: {error}"));
-    write_all(client, &answer).await.map_err(setup)?;
-    if !early.is_empty() {
-        write_all(&upstream.stream, &early).await.map_err(setup)?;
-    }
-    let mut transfer = relay(
-        client,
-        &upstream.stream,
-        proxy.service.relay,
-        proxy.service.relay_limits(),
-    )
-    .await?;
-    transfer.sent += early.len() as u64;
-    transfer.received += upstream.pending.len() as u64;
-    Ok(transfer)
+    let answer = b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec();
+    proxy.tunnel(answer, upstream, early).await
 }
 
 /// A plain request with an absolute URI: sent on to the origin in origin form with

@@ -13,10 +13,10 @@ use monoio::net::TcpStream;
 use crate::config::Address;
 use crate::egress::{self, EgressError, Upstream};
 use crate::executor::Core;
-use crate::relay::{RelayError, Transfer};
+use crate::relay::{RelayError, Transfer, relay};
 use crate::route::{Credentials, Egress, Handler, ProxyProtocol, Service};
 use crate::selector::Tried;
-use crate::stream::read_some;
+use crate::stream::{read_some, write_all};
 
 /// How a connection ended badly.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +125,30 @@ impl Proxy<'_> {
 
     fn handshake_timeout(&self) -> Duration {
         self.service.timeouts.handshake
+    }
+
+    /// Opens the tunnel: `answer` (the protocol's success reply) and what the destination
+    /// already sent go to the client, what the client sent `early` goes to the destination,
+    /// and the relay runs to its end.
+    async fn tunnel(
+        &self,
+        mut answer: Vec<u8>,
+        upstream: Upstream,
+        early: Vec<u8>,
+    ) -> Result<Transfer, ServeError> {
+        let setup =
+            |error: std::io::Error| ServeError::Setup(format!("starting the tunnel: {error}"));
+        answer.extend_from_slice(&upstream.pending);
+        write_all(self.client, &answer).await.map_err(setup)?;
+        if !early.is_empty() {
+            write_all(&upstream.stream, &early).await.map_err(setup)?;
+        }
+        let limits = self.service.relay_limits();
+        let relayed = relay(self.client, &upstream.stream, self.service.relay, limits).await;
+        let mut transfer = relayed?;
+        transfer.sent += early.len() as u64;
+        transfer.received += upstream.pending.len() as u64;
+        Ok(transfer)
     }
 
     /// Opens `destination` for the client, retrying through other first-hop nodes when one

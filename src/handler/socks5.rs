@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use super::{OpenError, Proxy, ServeError};
 use crate::config::Address;
 use crate::egress::EgressError;
-use crate::relay::{Transfer, relay};
+use crate::relay::Transfer;
 use crate::socks5::{self, reply_text};
 use crate::stream::{Incoming, write_all};
 
@@ -37,24 +37,8 @@ pub(super) async fn serve(proxy: &Proxy<'_>, already: Vec<u8>) -> Result<Transfe
             )));
         }
     };
-    let mut answer = reply(socks5::SUCCEEDED).to_vec();
-    answer.extend_from_slice(&upstream.pending);
-    let setup = |error: std::io::Error| ServeError::Setup(format!("starting the tunnel: {error}"));
-    write_all(client, &answer).await.map_err(setup)?;
-    let early = input.rest();
-    if !early.is_empty() {
-        write_all(&upstream.stream, &early).await.map_err(setup)?;
-    }
-    let mut transfer = relay(
-        client,
-        &upstream.stream,
-        proxy.service.relay,
-        proxy.service.relay_limits(),
-    )
-    .await?;
-    transfer.sent += early.len() as u64;
-    transfer.received += upstream.pending.len() as u64;
-    Ok(transfer)
+    let answer = reply(socks5::SUCCEEDED).to_vec();
+    proxy.tunnel(answer, upstream, input.rest()).await
 }
 
 /// Method selection, authentication and the request; returns the requested destination.
