@@ -148,6 +148,46 @@ pub async fn relay(
     mode: RelayMode,
     limits: Limits,
 ) -> Result<Transfer, RelayError> {
+    if limits == Limits::default() {
+        return unlimited(client, upstream, mode).await;
+    }
+    // Boxed: the timers would otherwise size every relay, limited or not, and an idle
+    // connection keeps its relay's state for as long as it lives.
+    Box::pin(limited(client, upstream, mode, limits)).await
+}
+
+/// Both directions, for as long as the peers keep them open.
+async fn unlimited(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    mode: RelayMode,
+) -> Result<Transfer, RelayError> {
+    let ended = Cell::new(false);
+    let untracked = Activity::new(false);
+    // The client's request is usually waiting already; the upstream's answer is not.
+    let mut up = pin!(copy(client, upstream, mode, false, &ended, &untracked));
+    let mut down = pin!(copy(upstream, client, mode, true, &ended, &untracked));
+    monoio::select! {
+        sent = &mut up => {
+            let sent = sent.map_err(RelayError::Upstream)?;
+            let received = down.await.map_err(RelayError::Downstream)?;
+            Ok(Transfer { sent, received })
+        }
+        received = &mut down => {
+            let received = received.map_err(RelayError::Downstream)?;
+            let sent = up.await.map_err(RelayError::Upstream)?;
+            Ok(Transfer { sent, received })
+        }
+    }
+}
+
+/// Both directions within `limits`.
+async fn limited(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    mode: RelayMode,
+    limits: Limits,
+) -> Result<Transfer, RelayError> {
     let ended = Cell::new(false);
     let activity = Activity::new(limits.idle.is_some());
     // The client's request is usually waiting already; the upstream's answer is not.
