@@ -133,3 +133,39 @@ fn idle_timeout_closes_a_silent_relay_and_spares_one_that_keeps_moving_bytes() {
         engine.process().dump()
     );
 }
+
+/// Reads a request head and then neither answers nor closes: a hung origin.
+fn hung_origin(mut stream: TcpStream) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    thread::sleep(STEP_TIMEOUT);
+    drop(stream);
+}
+
+#[test]
+fn idle_timeout_closes_a_plain_http_request_whose_origin_never_answers() {
+    let origin = target(hung_origin);
+    let listen = free_port();
+    let config = format!(
+        "[[services]]\n\
+         name = \"limited\"\n\
+         addr = \"{listen}\"\n\
+         handler = {{ type = \"http\" }}\n\
+         metadata = {{ idleTimeout = \"1s\" }}\n"
+    );
+    let engine = Engine::start_here(&config, &["--log-level", "debug"]);
+
+    let mut stream = client(listen);
+    let request = format!("GET http://{origin}/slow HTTP/1.1\r\nHost: {origin}\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let received = read_until_closed(&mut stream);
+
+    assert_eq!(received, b"", "the origin sent nothing");
+    let line = engine
+        .process()
+        .wait_for_line("connection aborted", STEP_TIMEOUT);
+    assert!(line.contains("(idleTimeout)"), "{line}");
+}

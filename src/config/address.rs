@@ -69,7 +69,7 @@ impl Address {
             } else if let Ok(ip) = host.parse::<Ipv4Addr>() {
                 Host::Ip(IpAddr::V4(ip))
             } else if is_host_name(host) {
-                Host::Name(host.to_ascii_lowercase())
+                Host::Name(canonical_name(host))
             } else {
                 return Err(AddressError::InvalidHost(text.to_owned()));
             };
@@ -99,7 +99,7 @@ impl Address {
             return Err(AddressError::InvalidHost(name.to_owned()));
         }
         Ok(Address {
-            host: Host::Name(name.to_ascii_lowercase()),
+            host: Host::Name(canonical_name(name)),
             port,
         })
     }
@@ -144,6 +144,12 @@ impl Address {
             .next()
             .ok_or_else(|| AddressError::Unresolved(text.clone(), "no addresses".to_owned()))
     }
+}
+
+/// A host name as it is compared and resolved: lower case, without the trailing dot of a
+/// fully qualified name (`Example.COM.` and `example.com` are one name).
+pub fn canonical_name(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }
 
 /// A DNS name: dot-separated labels, with the one trailing dot of a fully qualified name
@@ -196,8 +202,8 @@ mod tests {
     #[test]
     fn a_fully_qualified_name_with_its_trailing_dot_parses_but_empty_labels_do_not() {
         assert_eq!(
-            Address::parse("localhost.:8000").unwrap().authority(),
-            "localhost.:8000"
+            Address::parse("LocalHost.:8000").unwrap().authority(),
+            "localhost:8000"
         );
         assert!(Address::parse(".:8000").is_err());
         assert!(Address::parse("a..b:8000").is_err());

@@ -5,7 +5,7 @@
 
 mod address;
 
-pub use address::{Address, AddressError};
+pub use address::{Address, AddressError, canonical_name};
 
 use std::path::Path;
 

@@ -7,7 +7,7 @@ use monoio::net::TcpStream;
 use super::{OpenError, Proxy, ServeError};
 use crate::config::Address;
 use crate::http::{HeadError, MAX_HEADERS, read_head};
-use crate::relay::{RelayError, Transfer, one_way};
+use crate::relay::{Transfer, answer};
 use crate::route::Credentials;
 use crate::stream::{read_some, write_all};
 
@@ -157,13 +157,29 @@ async fn forward(
         return refuse(client, "400 Bad Request", &reason).await;
     };
     if request.header("transfer-encoding").is_some() {
-        let reason = "chunked request bodies are not forwarded; use CONNECT for this request";
+        let reason = "request bodies with a Transfer-Encoding are not forwarded; use CONNECT \
+                      for this request";
         return refuse(client, "501 Not Implemented", reason).await;
     }
-    let body_length = match request.header("content-length").map(parse_length) {
+    // Differing lengths leave the body's end in doubt: such a request is refused (RFC 9112,
+    // 6.3), as is one whose length is not a number.
+    let lengths: Vec<Option<u64>> = request
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .map(|(_, value)| parse_length(value))
+        .collect();
+    let body_length = match lengths.split_first() {
         None => 0,
-        Some(Some(length)) => length,
-        Some(None) => return refuse(client, "400 Bad Request", "invalid Content-Length").await,
+        Some((Some(length), rest)) if rest.iter().all(|other| other == &Some(*length)) => *length,
+        Some(_) => {
+            return refuse(
+                client,
+                "400 Bad Request",
+                "invalid or conflicting Content-Length",
+            )
+            .await;
+        }
     };
     let destination = match Address::parse(&uri.authority) {
         Ok(address) => address,
@@ -238,9 +254,8 @@ async fn forward(
     if !upstream.pending.is_empty() {
         write_all(client, &upstream.pending).await.map_err(setup)?;
     }
-    let received = one_way(&upstream.stream, client, proxy.service.relay)
-        .await
-        .map_err(RelayError::Downstream)?;
+    let limits = proxy.service.relay_limits();
+    let received = answer(client, &upstream.stream, proxy.service.relay, limits).await?;
     Ok(Transfer {
         sent: head.len() as u64 + body_length - early.len() as u64,
         received: received + upstream.pending.len() as u64,

@@ -13,6 +13,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::{Future, pending};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use crate::stream::shutdown_write;
+use crate::stream::{recv, shutdown_write};
 
 /// How a relay moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -227,24 +228,52 @@ async fn finish(
     }
 }
 
-/// Moves `source` to `destination` until `source` ends, then shuts down `destination`'s
-/// write half: for exchanges whose other direction the protocol has already finished (a
-/// proxied HTTP request, sent in full).
-pub async fn one_way(
-    source: &TcpStream,
-    destination: &TcpStream,
+/// Relays the upstream's answer to the client until the answer ends, within `limits`: for
+/// a proxied HTTP request already sent in full with `Connection: close`. What the client
+/// sends meanwhile is not forwarded (it may be meant for another host) but read and dropped,
+/// so that the client's end of stream is seen and passed on, and the limits apply as in any
+/// relay. Returns the bytes of the answer.
+pub async fn answer(
+    client: &TcpStream,
+    upstream: &TcpStream,
     mode: RelayMode,
-) -> io::Result<u64> {
-    let untracked = Activity::new(false);
-    copy(
-        source,
-        destination,
-        mode,
-        true,
-        &Cell::new(false),
-        &untracked,
-    )
-    .await
+    limits: Limits,
+) -> Result<u64, RelayError> {
+    let ended = Cell::new(false);
+    let activity = Activity::new(limits.idle.is_some());
+    let mut down = pin!(copy(upstream, client, mode, true, &ended, &activity));
+    let mut idle = pin!(activity.idle_for(limits.idle));
+    let idle_limit = limits.idle.unwrap_or_default();
+    monoio::select! {
+        received = &mut down => received.map_err(RelayError::Downstream),
+        dropped = drain(client, &activity) => {
+            dropped.map_err(RelayError::Upstream)?;
+            // The origin may still answer a client that has finished sending.
+            shutdown_write(upstream).map_err(RelayError::Upstream)?;
+            finish(down, RelayError::Downstream, idle, limits).await
+        }
+        _ = &mut idle => Err(RelayError::Idle(idle_limit)),
+    }
+}
+
+/// Reads `source` to its end and drops what it sends; returns how many bytes that was.
+async fn drain(source: &TcpStream, activity: &Activity) -> io::Result<u64> {
+    let mut scratch = [0u8; 512];
+    let mut dropped = 0u64;
+    loop {
+        source.readable(false).await?;
+        loop {
+            match recv(source.as_raw_fd(), &mut scratch) {
+                Ok(0) => return Ok(dropped),
+                Ok(read) => {
+                    dropped += read as u64;
+                    activity.moved();
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => return Err(error),
+            }
+        }
+    }
 }
 
 /// One direction, to the source's end, which is passed on as a shutdown of the

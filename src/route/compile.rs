@@ -580,7 +580,7 @@ impl Compiler<'_> {
         let mut mappings = Vec::new();
         for (index, mapping) in hosts.mappings.iter().enumerate() {
             match mapping.ip.parse() {
-                Ok(ip) => mappings.push((mapping.hostname.to_ascii_lowercase(), ip)),
+                Ok(ip) => mappings.push((crate::config::canonical_name(&mapping.hostname), ip)),
                 Err(_) => self.problem(
                     &format!("hosts \"{name}\""),
                     &format!("mappings[{index}].ip"),
