@@ -72,6 +72,17 @@ impl EgressError {
         }
     }
 
+    /// Whether the dial failed for want of local resources (see
+    /// [`dialer::out_of_resources`]): another attempt now would fail the same way.
+    pub fn out_of_resources(&self) -> bool {
+        match self {
+            EgressError::Dial { source, .. } | EgressError::HopDial { source, .. } => {
+                dialer::out_of_resources(source)
+            }
+            EgressError::Handshake { .. } => false,
+        }
+    }
+
     /// Whether the failure was a timeout.
     pub fn timed_out(&self) -> bool {
         match self {

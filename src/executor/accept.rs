@@ -118,15 +118,14 @@ impl Exhaustion {
         let Some((began, _)) = self.since else {
             return;
         };
-        if self
-            .last_failure
-            .is_some_and(|last| last.elapsed() < EXHAUSTION_QUIET)
-        {
+        let last = self.last_failure.unwrap_or(began);
+        if last.elapsed() < EXHAUSTION_QUIET {
             return;
         }
+        // The episode lasted until its last failure, however long the quiet after it.
         tracing::info!(
             service = %service.name, executor, failures = self.failures,
-            seconds = began.elapsed().as_secs_f64(),
+            seconds = last.duration_since(began).as_secs_f64(),
             "accepting again"
         );
         *self = Exhaustion::default();

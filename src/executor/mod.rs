@@ -40,6 +40,43 @@ pub struct Core {
     pub pools: OutboundPools,
     /// The namespace helper, for name resolution.
     pub helper: NamespaceHelper,
+    /// Connections lost to this process running out of resources, logged in summary.
+    pub exhaustion: ExhaustionLog,
+}
+
+/// Connections that failed because this process or machine ran out of descriptors, buffers
+/// or memory: one warning, then one summary at most every [`ExhaustionLog::INTERVAL`], so an
+/// exhausted gateway does not also flood its log with a line per connection.
+#[derive(Default)]
+pub struct ExhaustionLog {
+    last_warning: std::cell::Cell<Option<std::time::Instant>>,
+    unlogged: std::cell::Cell<u64>,
+}
+
+impl ExhaustionLog {
+    /// The least time between two warnings.
+    pub const INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Records one connection lost for `error` on `service`; warns if the last warning is
+    /// old enough, counting the connections lost since.
+    pub fn lost(&self, executor: usize, service: &str, error: &str) {
+        let now = std::time::Instant::now();
+        let due = self
+            .last_warning
+            .get()
+            .is_none_or(|last| now.duration_since(last) >= Self::INTERVAL);
+        if due {
+            let since_last = self.unlogged.replace(0);
+            self.last_warning.set(Some(now));
+            tracing::warn!(
+                executor, service, %error, lost_since_last_warning = since_last,
+                "connection failed: out of local resources (further ones are summarized)"
+            );
+        } else {
+            self.unlogged.set(self.unlogged.get() + 1);
+            tracing::debug!(executor, service, %error, "connection failed: out of local resources");
+        }
+    }
 }
 
 /// Everything an executor thread is started with.
@@ -107,6 +144,7 @@ fn run(
         index,
         pools: OutboundPools::new(helper.clone()),
         helper,
+        exhaustion: ExhaustionLog::default(),
     });
     let mut runtime =
         build_runtime().with_context(|| format!("executor {index}: cannot build the runtime"))?;

@@ -55,6 +55,11 @@ pub(super) async fn serve(
         .await;
         let upstream = match opened {
             Ok(upstream) => upstream,
+            Err(error) if error.out_of_resources() => {
+                // Local: another target or node would fail the same way.
+                failures.push(format!("target {}: {error}", target.name));
+                return Err(ServeError::Exhausted(failures.join("; ")));
+            }
             Err(error) => {
                 if error.destination_failed() {
                     targets.failed(index, Instant::now());

@@ -25,6 +25,10 @@ pub enum ServeError {
     /// was refused. Worth an operator's attention.
     #[error("{0}")]
     Setup(String),
+    /// Before the relay: this process ran out of descriptors, buffers or memory. Logged in
+    /// summary, since under exhaustion it concerns every connection.
+    #[error("{0}")]
+    Exhausted(String),
     /// During the relay: a peer reset or failed. Routine on a busy gateway.
     #[error("{0}")]
     Relay(#[from] RelayError),
@@ -64,6 +68,9 @@ pub async fn serve(core: Rc<Core>, service: Rc<Service>, client: TcpStream, peer
         }
         Err(ServeError::Setup(error)) => {
             tracing::warn!(service = %service.name, %peer, %error, "connection failed")
+        }
+        Err(ServeError::Exhausted(error)) => {
+            core.exhaustion.lost(core.index, &service.name, &error)
         }
         Err(ServeError::Relay(error)) => {
             tracing::debug!(service = %service.name, %peer, %error, "connection aborted")
