@@ -49,7 +49,7 @@ pub enum Awaiting {
 impl Awaiting {
     fn describe(self) -> &'static str {
         match self {
-            Awaiting::Proxy => " to the greeting",
+            Awaiting::Proxy => " to the greeting or the credentials",
             Awaiting::Next => "",
         }
     }
